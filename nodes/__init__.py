@@ -1,0 +1,34 @@
+"""ComfyUI adapters for wan_core, written with ComfyUI's schema API (comfy_api.latest.io).
+
+Every module in this package that defines a module-level `NODES` list of `io.ComfyNode` classes is
+registered; the pack's public node ids are the schemas' `node_id`s.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from comfy_api.latest import ComfyExtension, io
+
+
+def _node_modules() -> list:
+    """Import every submodule of this package, in name order."""
+    return [importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)]
+
+
+def node_classes() -> list[type[io.ComfyNode]]:
+    """All node classes of the pack, from each submodule's NODES list."""
+    return [cls for module in _node_modules() for cls in getattr(module, "NODES", [])]
+
+
+class WanMoEExtension(ComfyExtension):
+    """The pack as a ComfyUI extension."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_classes()
+
+
+async def comfy_entrypoint() -> WanMoEExtension:
+    """Entry point ComfyUI calls when it loads the pack."""
+    return WanMoEExtension()

@@ -1,0 +1,113 @@
+"""fp8 weight storage computed in bf16/fp16 (or fp32) by upcasting one layer at a time.
+
+Three kinds of fp8 files are in circulation (ComfyUI QUANTIZATION.md and Comfy-Org's repackaged files):
+  * plain fp8: weights stored as float8 with no scale (scale 1);
+  * "scaled fp8" (older): a `scaled_fp8` marker tensor, per-layer `<layer>.scale_weight` and sometimes
+    `<layer>.scale_input` (some community files spell it `.weight_scale`);
+  * ComfyUI's quantization metadata (newer): a `_quantization_metadata` JSON entry in the safetensors
+    header listing quantized layers, with `<layer>.weight_scale` and optional `<layer>.input_scale`.
+`describe_fp8` reads which layers are quantized and where their scales are; `Fp8Linear` computes
+`x @ (w_fp8 * scale)^T + b` with the product formed in fp32 and cast once to the compute dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import Checkpoint
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+_INPUT_SCALE_SUFFIXES = (".scale_input", ".input_scale")
+
+
+@dataclass
+class Fp8Layout:
+    """Which layers of a checkpoint are fp8 and where their scales live (keys relative to the checkpoint)."""
+
+    format: str  # "plain", "scaled_fp8" or "quant_metadata"
+    layers: dict[str, str] = field(default_factory=dict)  # layer name -> weight-scale key ("" = scale 1)
+    input_scales: dict[str, str] = field(default_factory=dict)
+    marker_keys: tuple[str, ...] = ()
+
+    def bookkeeping_keys(self) -> set[str]:
+        """Keys that are not model parameters (scales and markers): loaders skip them."""
+        return {k for k in self.layers.values() if k} | set(self.input_scales.values()) | set(self.marker_keys)
+
+
+def describe_fp8(ckpt: Checkpoint) -> Fp8Layout | None:
+    """Describe the fp8 layers of a checkpoint, or None when no weight is stored as fp8."""
+    fp8_weights = [k[: -len(".weight")] for k, i in ckpt.infos.items() if k.endswith(".weight") and i.dtype in FP8_DTYPES]
+    if not fp8_weights:
+        return None
+    markers = tuple(k for k in ckpt.infos if k == "scaled_fp8" or k.endswith(".scaled_fp8"))
+    raw_meta = ckpt.metadata.get("_quantization_metadata")
+    if raw_meta:
+        fmt = "quant_metadata"
+        try:
+            listed = set(json.loads(raw_meta).get("layers", {}))
+        except json.JSONDecodeError:
+            listed = set()
+        prefix = ckpt.prefix
+        listed = {name[len(prefix):] if prefix and name.startswith(prefix) else name for name in listed}
+        names = sorted(set(fp8_weights) | (listed & {k[: -len(".weight")] for k in ckpt.infos if k.endswith(".weight")}))
+    else:
+        fmt = "scaled_fp8" if markers or any(k.endswith(_SCALE_SUFFIXES) for k in ckpt.infos) else "plain"
+        names = sorted(fp8_weights)
+    layout = Fp8Layout(fmt, marker_keys=markers)
+    for name in names:
+        layout.layers[name] = next((name + s for s in _SCALE_SUFFIXES if name + s in ckpt.infos), "")
+        inp = next((name + s for s in _INPUT_SCALE_SUFFIXES if name + s in ckpt.infos), None)
+        if inp:
+            layout.input_scales[name] = inp
+    return layout
+
+
+class Fp8Linear(nn.Module):
+    """A Linear whose weight is stored in fp8 with a per-tensor scale and upcast for each call."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, storage_dtype: torch.dtype = torch.float8_e4m3fn,
+                 compute_dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.compute_dtype = compute_dtype
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=storage_dtype, device=device), requires_grad=False)
+        self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), requires_grad=False) if bias else None
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weight as `dtype` (default: the compute dtype), formed in fp32 then cast once."""
+        return (self.weight.to(torch.float32) * self.weight_scale.to(torch.float32)).to(dtype or self.compute_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, storage={self.weight.dtype}, compute={self.compute_dtype}"
+
+
+def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled fp8 quantization of a higher-precision weight: returns (fp8 weight, fp32 scale)."""
+    w = weight.to(torch.float32)
+    amax = w.abs().amax().clamp(min=1e-12)
+    scale = amax / torch.finfo(dtype).max
+    return (w / scale).to(dtype), scale.reshape(())
+
+
+def swap_in_fp8_linears(module: nn.Module, layer_names: set[str], *, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
+    """Replace the named nn.Linear submodules of `module` (on any device, meta included) by Fp8Linear."""
+    for name in layer_names:
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        old = getattr(parent, child)
+        if not isinstance(old, nn.Linear):
+            raise TypeError(f"layer '{name}' is a {type(old).__name__}, not a Linear; it cannot hold fp8 weights")
+        setattr(parent, child, Fp8Linear(old.in_features, old.out_features, old.bias is not None, storage_dtype=storage_dtype,
+                                         compute_dtype=compute_dtype, device=old.weight.device))
