@@ -1,5 +1,10 @@
 """ComfyUI-WanMoE: ComfyUI entry point (ComfyUI imports this folder as a custom-node pack)."""
 
-from .nodes import comfy_entrypoint
+import importlib.util
 
-__all__ = ["comfy_entrypoint"]
+# The engine (wan_core) is usable without ComfyUI, e.g. when pytest imports this folder as a package;
+# the node adapters are only loaded where ComfyUI's API is importable.
+if importlib.util.find_spec("comfy_api") is not None:
+    from .nodes import comfy_entrypoint
+
+    __all__ = ["comfy_entrypoint"]
