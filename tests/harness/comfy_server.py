@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -133,6 +134,7 @@ class ComfyServer:
             self.command(), cwd=self.comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
+        atexit.register(self.stop)  # also when the interpreter exits without reaching stop()
         try:
             self._wait_until_ready(started)
         except BaseException:
