@@ -33,10 +33,12 @@ FRONTEND_SETTINGS = {
 
 
 # Console errors that are not the pack's doing: optional per-user files a fresh user directory lacks (user.css,
-# comfy.templates.json -> 404), api.comfy.org being unreachable offline, and frontend 1.32 setting
+# comfy.templates.json -> 404), api.comfy.org and model download hosts being unreachable offline (the Missing
+# Models dialog asks each file's URL for its size), and frontend 1.32 setting
 # LiteGraph.Canvas.MinFontSizeForLOD before that setting is defined (TypeError in its settings store's onChange).
 KNOWN_CONSOLE_NOISE = (
     "Failed to load resource",
+    "Error fetching file size: TypeError: Failed to fetch",
     "Cannot read properties of undefined (reading 'id')\n    at onChange",
 )
 
@@ -164,6 +166,11 @@ class CanvasPage:
             dialogs=dialogs,
         )
 
+    def clear_graph(self, settle: float = 0.5) -> None:
+        """Empty the graph on the canvas (a blank baseline for screenshots)."""
+        self.page.evaluate("() => { window.app.graph.clear(); window.app.canvas.setDirty(true, true); }")
+        time.sleep(settle)
+
     def node_count(self) -> int:
         """Nodes in the graph shown on the canvas."""
         return self.page.evaluate("() => window.app.graph._nodes.length")
@@ -210,3 +217,15 @@ def png_pixel_stats(path: str | os.PathLike) -> dict:
         "colours": int(len(np.unique(flat[:: max(1, len(flat) // 200_000)], axis=0))),
         "size": (pixels.shape[1], pixels.shape[0]),
     }
+
+
+def changed_fraction(before: str | os.PathLike, after: str | os.PathLike, threshold: int = 24) -> float:
+    """Share of pixels whose colour moved by more than `threshold` (0..255, any channel) between two same-size PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(Image.open(before).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(after).convert("RGB"), dtype=np.int16)
+    if a.shape != b.shape:
+        raise ValueError(f"screenshots differ in size: {a.shape} vs {b.shape}")
+    return float((np.abs(a - b).max(axis=-1) > threshold).mean())
