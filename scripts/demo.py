@@ -66,7 +66,8 @@ def referenced_model_files(workflow: dict) -> list[str]:
     from wan_core.defaults import COMFY_FILES
 
     public = set(COMFY_FILES.values())
-    return sorted({v for node in workflow.values() for v in node.get("inputs", {}).values() if v in public})
+    inputs = (v for node in workflow.values() for v in node.get("inputs", {}).values())
+    return sorted({v for v in inputs if isinstance(v, str) and v in public})
 
 
 def default_model_files() -> list[str]:
