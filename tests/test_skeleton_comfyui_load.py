@@ -47,3 +47,12 @@ def test_core_nodes_are_served(comfy_client):
     # The harness runs a full ComfyUI, not a stub: core and video nodes the shipped workflows rely on exist.
     info = comfy_client.object_info()
     assert {"KSamplerAdvanced", "EmptyHunyuanLatentVideo", "CreateVideo", "SaveVideo", "VAELoader"} <= set(info)
+
+
+def test_model_file_added_after_boot_is_listed(comfy_server, comfy_client):
+    # ComfyUI re-scans a model folder whose modification time changed, so tests can add files at any time.
+    name = "harness_probe_vae.safetensors"
+    comfy_server.add_model("vae", b"not a real model", name)
+    assert name in comfy_client.models("vae")
+    vae_choices = comfy_client.object_info("VAELoader")["input"]["required"]["vae_name"][0]
+    assert name in vae_choices
