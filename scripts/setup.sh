@@ -13,6 +13,8 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+# pip, minus the "Location ... is ignored" lines some machines' pip.conf (missing local indexes) print per package.
+pip_q() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
 stamp_inputs=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 STAMP="$VENV/.wanmoe-setup-$stamp_inputs"
@@ -24,9 +26,9 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating virtualenv $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
+  pip_q install -q --upgrade pip
 fi
-PIP="$VENV/bin/pip"
+PIP=pip_q
 
 # torch 2.14.1 + torchvision 0.29.1 come from local wheels on these machines; ComfyUI needs torchvision.
 log "installing torch/torchvision"
