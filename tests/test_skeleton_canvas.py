@@ -64,6 +64,15 @@ def test_core_graph_renders_on_canvas(comfy_page, artifact_dir):
     assert relevant_console_errors(comfy_page.console_errors) == []
 
 
+def test_unknown_node_type_is_reported_missing(comfy_page, artifact_dir):
+    graph = core_graph()
+    graph["nodes"][1]["type"] = "WanMoENoSuchNode"
+    report = comfy_page.load_workflow(graph)
+    assert report.missing_node_types == ["WanMoENoSuchNode"]
+    assert any("WanMoENoSuchNode" in text for text in report.dialogs), f"no dialog names the missing node: {report.dialogs}"
+    comfy_page.screenshot(artifact_dir / "missing_node_dialog.png")
+
+
 if SHIPPED_UI_WORKFLOWS:
     @pytest.mark.parametrize("workflow_path", SHIPPED_UI_WORKFLOWS, ids=[p.stem for p in SHIPPED_UI_WORKFLOWS])
     def test_shipped_workflow_renders_with_no_missing_nodes(comfy_page, artifact_dir, workflow_path):
