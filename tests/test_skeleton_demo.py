@@ -11,7 +11,8 @@ import pytest
 
 from harness.comfy_server import REPO_ROOT
 
-sys.path.insert(0, str(REPO_ROOT))  # wan_core as a top-level package, as the demo imports it
+if str(REPO_ROOT) not in sys.path:  # wan_core as a top-level package, as the demo imports it
+    sys.path.append(str(REPO_ROOT))
 _spec = importlib.util.spec_from_file_location("wanmoe_demo", REPO_ROOT / "scripts" / "demo.py")
 demo = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo)
