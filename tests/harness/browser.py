@@ -21,7 +21,7 @@ VIEWPORT = {"width": 1600, "height": 900}
 # (ids from comfyui-frontend-package 1.32's settings schema).
 FRONTEND_SETTINGS = {
     "Comfy.TutorialCompleted": True,  # otherwise the templates browser opens on a fresh user
-    "Comfy.InstalledVersion": "1.32.9",
+    "Comfy.InstalledVersion": "1.32.9",  # the version tested; only marks the user as not new
     "Comfy.Release.Version": "99.0.0",  # no "what's new" pop-up
     "Comfy.Release.Status": "skipped",
     "Comfy.Release.Timestamp": 4102444800000,
@@ -150,13 +150,13 @@ class CanvasPage:
         """Every node type the frontend knows (from the server's /object_info)."""
         return self.page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)")
 
-    def load_workflow(self, workflow: dict, settle: float = 1.5) -> LoadReport:
+    def load_workflow(self, workflow: dict, settle: float = 10.0) -> LoadReport:
         """Load a UI-format workflow into the canvas with app.loadGraphData and report what was missing."""
+        # loadGraphData resolves after it has asked for the missing-nodes/models dialogs; they render a moment later.
         self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-        time.sleep(settle)  # dialogs open asynchronously after the load resolves
+        dialogs = self.wait_for_stable_dialogs(settle)
         types = sorted({n["type"] for n in workflow.get("nodes", [])})
         known = set(self.registered_node_types())
-        dialogs = self.dialog_texts()
         models_dialog = next((d for d in dialogs if "model" in d.lower() and "missing" in d.lower()), None)
         return LoadReport(
             node_types=types,
@@ -165,6 +165,19 @@ class CanvasPage:
             missing_models_dialog=models_dialog,
             dialogs=dialogs,
         )
+
+    def wait_for_stable_dialogs(self, timeout: float = 10.0, quiet: float = 0.75) -> list[str]:
+        """The open dialogs' texts once they stopped changing for `quiet` seconds (at most `timeout`)."""
+        deadline = time.monotonic() + timeout
+        last, since = self.dialog_texts(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.15)
+            now = self.dialog_texts()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return last
 
     def clear_graph(self, settle: float = 0.5) -> None:
         """Empty the graph on the canvas (a blank baseline for screenshots)."""

@@ -25,6 +25,16 @@ class ComfyBootError(ComfyError):
     """ComfyUI could not be found, did not start, or died; the message carries the log tail."""
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the process that started it dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stop() and atexit still stop the server
+
+
 def find_comfyui(explicit: str | os.PathLike | None = None) -> Path:
     """ComfyUI's source folder: `explicit`, else $WANMOE_COMFYUI_DIR, else the one scripts/setup.sh unpacks."""
     chosen = explicit or os.environ.get(COMFYUI_DIR_ENV) or REPO_ROOT / ".cache" / "comfyui"
@@ -132,7 +142,7 @@ class ComfyServer:
         started = time.monotonic()
         self.process = subprocess.Popen(
             self.command(), cwd=self.comfy_dir, stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         atexit.register(self.stop)  # also when the interpreter exits without reaching stop()
         try:
