@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from harness.client import PromptFailed, PromptRejected, output_files
@@ -55,3 +57,18 @@ def test_boot_fails_fast_with_the_log_tail_when_comfyui_dies(tmp_path):
         server.start()
     assert "--no-such-flag" in str(caught.value)  # argparse's complaint, from the log tail
     assert not server.running
+
+
+def test_interrupt_reaches_the_server(comfy_server, comfy_client):
+    # Nothing runs, so ComfyUI only logs what it was asked: a targeted interrupt for an idle id, then a global one.
+    # The global flag is cleared when the next prompt starts (execution.py), so later tests are unaffected.
+    comfy_client.interrupt("not-running-prompt")
+    comfy_client.interrupt()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        log = comfy_server.log_text()
+        if "Prompt not-running-prompt is not currently running" in log and "Global interrupt" in log:
+            break
+        time.sleep(0.2)
+    assert "Prompt not-running-prompt is not currently running, skipping interrupt" in log
+    assert "Global interrupt (no prompt_id specified)" in log
