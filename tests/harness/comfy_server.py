@@ -76,6 +76,7 @@ class ComfyServer:
         boot_timeout: float = 300.0,
         frontend_settings: dict | None = None,
         env: dict[str, str] | None = None,
+        cpu: bool = True,
     ):
         self.comfy_dir = find_comfyui(comfy_dir)
         self._own_base = base_dir is None
@@ -85,7 +86,9 @@ class ComfyServer:
         self.boot_timeout = boot_timeout
         self.frontend_settings = frontend_settings
         self.env = env or {}
+        self.cpu = cpu
         self.port = 0
+        self._client: ComfyClient | None = None
         self.process: subprocess.Popen | None = None
         self.boot_seconds: float | None = None
         self._log_file = None
@@ -117,13 +120,16 @@ class ComfyServer:
 
     @property
     def client(self) -> ComfyClient:
-        return ComfyClient(self.url)
+        """The HTTP client of this server (one per boot)."""
+        if self._client is None or self._client.base_url != self.url:
+            self._client = ComfyClient(self.url)
+        return self._client
 
     def command(self) -> list[str]:
         """The command line that starts ComfyUI."""
         return [
             self.python, str(self.comfy_dir / "main.py"),
-            "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
+            *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
             "--base-directory", str(self.base_dir),
             "--output-directory", str(self.output_dir), "--input-directory", str(self.input_dir),
             "--user-directory", str(self.user_dir),
