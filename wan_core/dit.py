@@ -1,0 +1,273 @@
+"""The Wan2.2-T2V-A14B diffusion transformer (one expert), in the official module and key layout.
+
+Follows wan/modules/model.py of Wan-Video/Wan2.2: patch embedding, sinusoidal time embedding, text
+embedding of the zero-padded context, `num_layers` blocks (modulated self-attention with 3-D RoPE,
+cross-attention, modulated FFN), a modulated head and unpatchify. Parameter names equal the official
+state-dict keys, so official files load without renaming.
+
+Precision (official policy under autocast): Linear/conv/attention compute in `compute_dtype`; the
+residual stream, norms, modulation and the time MLPs and head in float32; sinusoid and RoPE in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import get_attention
+from .embeddings import sinusoidal_embedding
+from .rope import RotaryEmbedding, apply_rope
+
+# Sub-modules the official code runs under autocast(float32) whatever the model dtype.
+FP32_MODULES = ("time_embedding", "time_projection", "head")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Shape of one Wan DiT expert (official WanModel arguments)."""
+
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    freq_dim: int = 256
+    text_len: int = 512
+    eps: float = 1e-6
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"dim {self.dim} must split into {self.num_heads} heads of an even width")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @classmethod
+    def a14b(cls) -> "DiTConfig":
+        """The official Wan2.2-T2V-A14B expert (wan/configs/wan_t2v_A14B.py)."""
+        return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+
+class Linear(nn.Linear):
+    """nn.Linear that computes in `compute_dtype` whatever dtype its weights are stored in."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.compute_dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+
+
+class PatchEmbedding(nn.Conv3d):
+    """Conv3d with kernel = stride = patch size, computing in `compute_dtype`."""
+
+    def __init__(self, in_dim: int, dim: int, patch_size: tuple[int, int, int]) -> None:
+        super().__init__(in_dim, dim, kernel_size=patch_size, stride=patch_size)
+        self.compute_dtype = torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        return self._conv_forward(x.to(dtype), self.weight.to(dtype), self.bias.to(dtype))
+
+
+class RMSNorm(nn.Module):
+    """WanRMSNorm: x·rsqrt(mean(x²)+eps)·weight, computed in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class LayerNorm(nn.Module):
+    """WanLayerNorm: LayerNorm in float32, with or without affine parameters."""
+
+    def __init__(self, dim: int, eps: float, affine: bool = False) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), (self.dim,), weight, bias, self.eps)
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with q/k RMSNorm across the full width (before the head split) and 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, attention: str) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v, self.o = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        self.attend = get_attention(attention)
+        self.compute_dtype = torch.float32
+
+    def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        b, l, _ = x.shape
+        shape = (b, l, self.num_heads, self.head_dim)
+        q = apply_rope(self.norm_q(self.q(x)).view(shape), rotations)
+        k = apply_rope(self.norm_k(self.k(x)).view(shape), rotations)
+        v = self.v(x).view(shape)
+        dtype = self.compute_dtype
+        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Attention from video tokens to the embedded text (q/k RMSNorm, no RoPE, no mask)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, attention: str) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v, self.o = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+        self.attend = get_attention(attention)
+        self.compute_dtype = torch.float32
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, l, _ = x.shape
+        q = self.norm_q(self.q(x)).view(b, l, self.num_heads, self.head_dim)
+        k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
+        v = self.v(context).view(b, -1, self.num_heads, self.head_dim)
+        dtype = self.compute_dtype
+        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+
+
+class WanBlock(nn.Module):
+    """One transformer block (official WanAttentionBlock); `norm3` is the affine norm before cross-attention."""
+
+    def __init__(self, config: DiTConfig, attention: str) -> None:
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = LayerNorm(dim, eps)
+        self.self_attn = SelfAttention(dim, config.num_heads, eps, attention)
+        self.norm3 = LayerNorm(dim, eps, affine=True)
+        self.cross_attn = CrossAttention(dim, config.num_heads, eps, attention)
+        self.norm2 = LayerNorm(dim, eps)
+        self.ffn = nn.Sequential(Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), Linear(config.ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim] float32, e0 [B, 6, dim] float32, context [B, text_len, dim] -> x [B, L, dim] float32."""
+        modulation = (self.modulation.float() + e0).unsqueeze(2)  # [B, 6, 1, dim]
+        shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = modulation.unbind(1)
+        y = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, rotations)
+        x = x + y.float() * gate_msa
+        x = x + self.cross_attn(self.norm3(x), context).float()
+        y = self.ffn(self.norm2(x) * (1 + scale_ffn) + shift_ffn)
+        return x + y.float() * gate_ffn
+
+
+class Head(nn.Module):
+    """Output head: LayerNorm modulated by the time embedding `e` (not e0), then a Linear to patch pixels."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        self.norm = LayerNorm(dim, config.eps)
+        self.head = Linear(dim, config.out_dim * math.prod(config.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + e.float().unsqueeze(1)).unsqueeze(2).unbind(1)
+        return self.head(self.norm(x) * (1 + scale) + shift)
+
+
+class WanDiT(nn.Module):
+    """One Wan2.2 T2V expert: (latent x, timestep t, text context) -> flow velocity, float32."""
+
+    def __init__(self, config: DiTConfig, *, attention: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.attention = attention
+        dim = config.dim
+        self.patch_embedding = PatchEmbedding(config.in_dim, dim, config.patch_size)
+        self.text_embedding = nn.Sequential(Linear(config.text_dim, dim), nn.GELU(approximate="tanh"), Linear(dim, dim))
+        self.time_embedding = nn.Sequential(Linear(config.freq_dim, dim), nn.SiLU(), Linear(dim, dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
+        self.blocks = nn.ModuleList(WanBlock(config, attention) for _ in range(config.num_layers))
+        self.head = Head(config)
+        self.rope = RotaryEmbedding(config.head_dim)
+        self.compute_dtype = torch.float32
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """dtype of the matmuls (Linear, conv, attention); residual stream and norms stay float32."""
+        return self._compute_dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, dtype: torch.dtype) -> None:
+        self._compute_dtype = dtype
+        for name, module in self.named_modules():
+            if module is not self and hasattr(module, "compute_dtype"):
+                module.compute_dtype = torch.float32 if name.startswith(FP32_MODULES) else dtype
+
+    def set_attention(self, attention: str) -> None:
+        """Switch every attention layer to another registered backend."""
+        attend = get_attention(attention)
+        self.attention = attention
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.attend = attend
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """x [B, in_dim, F, H, W], t [B] on the 0..1000 scale, context [B, L, text_dim] or list of [L_i, text_dim]
+        -> velocity [B, out_dim, F, H, W] float32."""
+        b, _, frames, height, width = x.shape
+        grid = self._grid(frames, height, width)
+        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
+
+        x = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # tokens in f, h, w order
+        e = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).float()).float()
+        e0 = self.time_projection(e).float().unflatten(1, (6, self.config.dim))
+        context = self.text_embedding(self._pad_context(context, b, x.device))
+        rotations = self.rope.grid(*grid, device=x.device)
+
+        for block in self.blocks:
+            x = block(x, e0, context, rotations)
+
+        return self._unpatchify(self.head(x, e).float(), grid)
+
+    def _grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.config.patch_size
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"latent of {frames}x{height}x{width} (frames x height x width) is not divisible by the "
+                             f"patch size {pt}x{ph}x{pw}; use an image size that is a multiple of {8 * ph} pixels")
+        return frames // pt, height // ph, width // pw
+
+    def _pad_context(self, context: torch.Tensor | list[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+        """Zero-pad each context to text_len tokens, as the official forward does before text_embedding."""
+        text_len, text_dim = self.config.text_len, self.config.text_dim
+        items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
+        if len(items) != batch:
+            raise ValueError(f"got {len(items)} text contexts for a batch of {batch} latents")
+        padded = torch.zeros(batch, text_len, text_dim, dtype=torch.float32, device=device)
+        for i, item in enumerate(items):
+            if item.dim() != 2 or item.shape[-1] != text_dim or item.shape[0] > text_len:
+                raise ValueError(f"text context {i} has shape {tuple(item.shape)}; expected [tokens <= {text_len}, {text_dim}]")
+            padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
+        return padded
+
+    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, F'H'W', out·pt·ph·pw] -> [B, out, F'pt, H'ph, W'pw] (official einsum 'fhwpqrc->cfphqwr')."""
+        (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
+        x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
