@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -227,9 +228,10 @@ class WanDiT(nn.Module):
             if isinstance(module, (SelfAttention, CrossAttention)):
                 module.attend = attend
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor],
+                before_block: Callable[[int], None] | None = None) -> torch.Tensor:
         """x [B, in_dim, F, H, W], t [B] on the 0..1000 scale, context [B, L, text_dim] or list of [L_i, text_dim]
-        -> velocity [B, out_dim, F, H, W] float32."""
+        -> velocity [B, out_dim, F, H, W] float32. `before_block(i)` runs before block i (cancellation checks)."""
         b, _, frames, height, width = x.shape
         grid = self._grid(frames, height, width)
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
@@ -240,7 +242,9 @@ class WanDiT(nn.Module):
         context = self.text_embedding(self._pad_context(context, b, x.device))
         rotations = self.rope.grid(*grid, device=x.device)
 
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if before_block is not None:
+                before_block(i)
             x = block(x, e0, context, rotations)
 
         return self._unpatchify(self.head(x, e).float(), grid)
