@@ -7,6 +7,7 @@ peak memory is bounded by one tile's activations plus the output itself.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,14 +25,16 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def _ramp(length: int, ramp_in: int, ramp_out: int) -> torch.Tensor:
-    """1-D blend weights: linear from ~0 to 1 over `ramp_in`, flat, then down to ~0 over `ramp_out`."""
+def _ramp(length: int, ramp_in: int, ramp_out: int, margin: int = 0) -> torch.Tensor:
+    """1-D blend weights: 0 over `margin`, linear up to 1 by `ramp_in - margin`, flat, then the mirror over `ramp_out`."""
     i = torch.arange(length, dtype=torch.float32) + 0.5
     w = torch.ones(length)
     if ramp_in > 0:
-        w = torch.minimum(w, i / ramp_in)
+        m = min(margin, (ramp_in - 1) // 2)
+        w = torch.minimum(w, ((i - m) / (ramp_in - 2 * m)).clamp(min=0))
     if ramp_out > 0:
-        w = torch.minimum(w, (length - i) / ramp_out)
+        m = min(margin, (ramp_out - 1) // 2)
+        w = torch.minimum(w, ((length - i - m) / (ramp_out - 2 * m)).clamp(min=0))
     return w
 
 
@@ -44,11 +47,15 @@ def tiled_apply(
     scale: int = 1,
     out_dtype: torch.dtype = torch.float32,
     out_device: torch.device | str | None = None,
+    margin: int = 0,
 ) -> torch.Tensor:
     """Apply `fn` to overlapping (H, W) tiles of `x` and blend the outputs (each `scale` times larger).
 
     `fn` maps a tile [..., th, tw] to [..., th*scale, tw*scale]; its leading axes may differ from the
     input's (a VAE decoder turns 16 latent channels and T frames into 3 channels and 4T-3 frames).
+    `margin` input pixels at each side a neighbour overlaps get weight 0 (the ramp runs between them), so a
+    function whose receptive field reaches at most `margin` pixels gives the untiled result; it must stay
+    below half the overlap.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     oh, ow = (overlap, overlap) if isinstance(overlap, int) else overlap
@@ -70,7 +77,7 @@ def tiled_apply(
             bottom = (y1 - ys[yi + 1]) * scale if yi + 1 < len(ys) else 0
             left = (xs[xi - 1] + tw - x0) * scale if xi > 0 else 0
             right = (x1 - xs[xi + 1]) * scale if xi + 1 < len(xs) else 0
-            w = _ramp(result.shape[-2], top, bottom)[:, None] * _ramp(result.shape[-1], left, right)[None, :]
+            w = _ramp(result.shape[-2], top, bottom, margin * scale)[:, None] * _ramp(result.shape[-1], left, right, margin * scale)[None, :]
             w = w.to(out.device)
             ys_, xs_ = slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale)
             out[..., ys_, xs_] += result.to(out.device, out_dtype) * w.to(out_dtype)
@@ -78,3 +85,45 @@ def tiled_apply(
             del result
     assert out is not None
     return out / weight.to(out_dtype)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """One tile of a streamed, blended tiling: where it reads, where it writes, and its normalised weight."""
+
+    src: tuple[slice, slice]
+    dst: tuple[slice, slice]
+    weight: torch.Tensor  # [th * scale, tw * scale]; the weights of all tiles sum to 1 at every output pixel
+
+
+def plan_tiles(
+    height: int,
+    width: int,
+    *,
+    tile: int | tuple[int, int],
+    overlap: int | tuple[int, int],
+    scale: int = 1,
+    device: torch.device | str | None = None,
+) -> list[TileSpec]:
+    """Tiles covering (height, width) with the same feathered ramps as `tiled_apply`, weights pre-normalised.
+
+    With normalised weights a caller can accumulate `out[dst] += result * weight` tile by tile (and frame by
+    frame) into a preallocated output, with no second output-sized weight buffer and no final division.
+    """
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    oh, ow = (overlap, overlap) if isinstance(overlap, int) else overlap
+    ys, xs = tile_starts(height, th, oh), tile_starts(width, tw, ow)
+    raw: list[tuple[tuple[slice, slice], tuple[slice, slice], torch.Tensor]] = []
+    total = torch.zeros(height * scale, width * scale, dtype=torch.float32)
+    for yi, y0 in enumerate(ys):
+        for xi, x0 in enumerate(xs):
+            y1, x1 = min(y0 + th, height), min(x0 + tw, width)
+            top = (ys[yi - 1] + th - y0) * scale if yi > 0 else 0
+            bottom = (y1 - ys[yi + 1]) * scale if yi + 1 < len(ys) else 0
+            left = (xs[xi - 1] + tw - x0) * scale if xi > 0 else 0
+            right = (x1 - xs[xi + 1]) * scale if xi + 1 < len(xs) else 0
+            w = _ramp((y1 - y0) * scale, top, bottom)[:, None] * _ramp((x1 - x0) * scale, left, right)[None, :]
+            dst = (slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
+            total[dst] += w
+            raw.append(((slice(y0, y1), slice(x0, x1)), dst, w))
+    return [TileSpec(src, dst, (w / total[dst]).to(device)) for src, dst, w in raw]
