@@ -31,7 +31,7 @@ def test_limits_per_tier_and_strings():
     budget = MemoryBudget(vram_bytes=8 * GiB, ram_bytes=2 * GiB)
     assert budget.limit("cpu") == 2 * GiB and budget.limit("cuda:0") == 8 * GiB
     assert str(budget) == "VRAM 8.00 GiB, RAM 2.00 GiB"
-    assert gib(3 * 1024**2) == "3 MiB"
+    assert gib(3 * 1024**2) == "3.00 MiB" and gib(300 * 1024**2) == "300 MiB"
     assert tier_of("cpu") == "cpu" and tier_of(torch.device("cuda", 1)) == "cuda:1"
 
 

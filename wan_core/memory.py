@@ -32,7 +32,9 @@ def gib(n: int | float) -> str:
     """Bytes as a short human string ('1.25 GiB', '340 MiB')."""
     if abs(n) >= GiB:
         return f"{n / GiB:.2f} GiB"
-    return f"{n / 1024**2:.0f} MiB"
+    if abs(n) >= 10 * 1024**2 or n == 0:
+        return f"{n / 1024**2:.0f} MiB"
+    return f"{n / 1024**2:.2f} MiB"
 
 
 def tier_of(device: torch.device | str) -> str:
