@@ -143,7 +143,7 @@ def _rss_main(folder: str, budget: int) -> None:
     from wan_core.memory import MemoryBudget
     from wan_core.placement import CachedExperts
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     high, low = Path(folder) / "high.safetensors", Path(folder) / "low.safetensors"
     x, context = inputs(BIG)
     loads: list = []

@@ -36,6 +36,12 @@ def read_slot(slot: Slot) -> torch.Tensor:
     return getattr(owner, kind)[name]
 
 
+def _storage_of(slot: Slot) -> torch.Tensor:
+    """A plain tensor sharing the slot's storage, unaffected by later writes to the slot."""
+    t = read_slot(slot)
+    return t.data if isinstance(t, nn.Parameter) else t
+
+
 def write_slot(slot: Slot, tensor: torch.Tensor) -> None:
     """Put `tensor` in a slot; a parameter keeps its identity when the tensor type allows it."""
     owner, kind, name = slot
@@ -161,7 +167,7 @@ class BlockStreamer:
         if self.attached:
             return
         for slot in self._other_slots + [s for block in self._block_slots for s in block]:
-            self._host[slot] = read_slot(slot)
+            self._host[slot] = _storage_of(slot)
         self.attached = True
         try:
             if self.device.type == "cuda":
