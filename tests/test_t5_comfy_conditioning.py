@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from wan_core.t5 import T5Config
-from wan_core.text_encoder import load_text_encoder
+from wan_core.text_encoder import comfy_context, load_text_encoder
 from wan_core.tiny import t5 as tiny
 
 SMALL = T5Config(vocab=tiny.SPM_VOCAB, dim=64, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2)
@@ -91,3 +91,5 @@ def test_same_ids_and_embeddings_as_comfyui(comfy_run):
         diff = (cond[0, :n] - res.embeddings[i]).abs().max().item()
         print(f"comfy vs ours, prompt {i}: {n} tokens, max-abs {diff:.2e}")
         assert diff <= 1e-5
+        ctx = comfy_context(res.embeddings[i])
+        assert ctx.shape == cond.shape and (ctx - cond).abs().max().item() <= 1e-5

@@ -54,6 +54,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
 def test_each_layout_gives_identical_outputs(files, ref, layout, expected):
     enc = load_text_encoder(files[layout], dtype="fp32")
     assert enc.layout == expected and enc.dtype == "fp32"
+    tensors = list(enc.model.parameters()) + list(enc.model.buffers())
+    assert all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)  # nothing left on meta
     res = enc.encode(PROMPTS)
     assert all(e.dtype == torch.float32 and e.device.type == "cpu" for e in res.embeddings)
     assert _max_diff(res.embeddings, ref) == 0.0

@@ -196,7 +196,7 @@ class T5Encoder(nn.Module):
             x = block(x, mask_bias)
         return self.norm(x)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may modify the returned tensors in place
     def encode_ids(self, ids: Sequence[Sequence[int]], pad_id: int = 0) -> list[torch.Tensor]:
         """Encode a batch of token-id lists (padded here); returns each prompt's real tokens [L_i, dim]."""
         lengths = [len(t) for t in ids]

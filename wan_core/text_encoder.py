@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint
-from .quant import FP8_DTYPES, Fp8Linear, describe_fp8, quantize_fp8, swap_in_fp8_linears
+from .quant import FP8_DTYPES, describe_fp8, quantize_fp8, swap_in_fp8_linears
 from .t5 import T5Config, T5Encoder
 from .tokenizer import SPIECE_KEY, Tokenizer, _spm_from_tensor, find_tokenizer_near, load_tokenizer
 
@@ -156,6 +156,14 @@ class EncodeResult:
                 for i, n in enumerate(self.dropped) if n]
 
 
+def comfy_context(embedding: torch.Tensor, text_len: int = 512) -> torch.Tensor:
+    """[1, max(text_len, L), dim] float32 zero-padded context: the tensor ComfyUI's CLIPTextEncode puts in CONDITIONING."""
+    length, dim = embedding.shape
+    out = torch.zeros(1, max(text_len, length), dim, dtype=torch.float32)
+    out[0, :length] = embedding.to("cpu", torch.float32)
+    return out
+
+
 def encoder_identity(path: str | os.PathLike, dtype: str = "auto", tokenizer_path: str | os.PathLike | None = None) -> tuple:
     """Cache-key identity of an encoder (file identity, requested dtype, tokenizer file), known without loading it."""
     tok = file_identity(tokenizer_path) if tokenizer_path is not None else None
@@ -195,7 +203,7 @@ class TextEncoder:
         return EncodeResult(embs, [t.dropped for t in toks], [t.cleaned for t in toks])
 
 
-def _resolve_dtype(view: Checkpoint, dtype: str, fp8_present: bool, device: torch.device) -> tuple[str, torch.dtype]:
+def _resolve_dtype(view: Checkpoint, dtype: str, fp8_present: bool) -> tuple[str, torch.dtype]:
     """(storage mode 'fp32'|'bf16'|'fp16'|'fp8', compute dtype)."""
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
@@ -257,7 +265,7 @@ def load_text_encoder(path: str | os.PathLike, *, device: torch.device | str = "
 
     dev = torch.device(device)
     fp8 = describe_fp8(view)
-    mode, compute = _resolve_dtype(view, dtype, fp8 is not None, dev)
+    mode, compute = _resolve_dtype(view, dtype, fp8 is not None)
     scales = fp8.layers if fp8 else {}
     with torch.device("meta"):
         model = T5Encoder(cfg)
