@@ -291,9 +291,9 @@ def upscale_video(
 
 
 def _run_model(model, src: torch.Tensor, tile: int | None, overlap: int | None) -> torch.Tensor:
-    """The model on a batch [B, 3, h, w]: whole frames, or tiles whose outer quarter of the overlap is ignored."""
+    """The model on a batch [B, 3, h, w]: whole frames, or tiles blended over the middle third of each overlap."""
     x = src.to(model.dtype)
     if tile is None:
         return model(x).float()
     overlap = overlap or 0
-    return tiled_apply(model, x, tile=tile, overlap=overlap, margin=overlap // 4, scale=model.scale, out_dtype=torch.float32)
+    return tiled_apply(model, x, tile=tile, overlap=overlap, margin=overlap // 3, scale=model.scale, out_dtype=torch.float32)
