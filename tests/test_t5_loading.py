@@ -202,3 +202,16 @@ def test_non_gated_t5_and_missing_tokenizer(tmp_path, files):
 def test_detect_layout_names_official_keys(files):
     layout, view = detect_layout(open_checkpoint(files["comfy"]))
     assert layout == "hf" and set(view.keys()) >= set(SMALL.official_shapes())
+
+
+def test_full_size_comfy_header_is_recognised_as_umt5_xxl(tmp_path):
+    from wan_core.checkpoint import Checkpoint, TensorInfo
+    from wan_core.t5 import UMT5_XXL
+    from wan_core.text_encoder import official_to_hf
+
+    infos = {official_to_hf(k): TensorInfo(s, torch.float16) for k, s in UMT5_XXL.official_shapes().items()}
+    infos["spiece_model"] = TensorInfo((4548313,), torch.uint8)
+    assert "encoder.block.23.layer.1.DenseReluDense.wi_1.weight" in infos  # what ComfyUI's CLIPLoader keys on
+    readers = {k: (lambda: torch.zeros(0)) for k in infos}  # header only: nothing is read
+    layout, view = detect_layout(Checkpoint(tmp_path / "umt5_xxl_fp16.safetensors", infos, readers))
+    assert layout == "hf" and T5Config.from_shapes({k: i.shape for k, i in view.infos.items()}) == UMT5_XXL
