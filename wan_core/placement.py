@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -33,12 +35,17 @@ STREAM_FRACTION = 0.1  # device share of an expert while streaming when the spec
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """How to get one expert: its cache key, a loader `device -> module`, and its weight bytes."""
+    """How to get one expert: its cache key, a loader `device -> module`, and its weight bytes.
+
+    `configure(module)` runs each time the expert is activated, for settings that do not change its
+    tensors and so are not in the key (the attention backend): entries stay shared across such settings.
+    """
 
     key: CacheKey
     load: Loader
     size_bytes: int
     stream_bytes: int | None = None  # device bytes while streaming (non-block weights + two blocks)
+    configure: Callable[[nn.Module], None] | None = None
 
     def streaming_bytes(self) -> int:
         """Device bytes block streaming needs for this expert (the spec's, or an estimate)."""
@@ -54,6 +61,44 @@ def stream_bytes_for(config: object, bytes_per_param: float) -> int:
     block = sum(p.numel() for p in model.blocks[0].parameters())
     other = sum(p.numel() for p in model.parameters()) - block * len(model.blocks)
     return int((other + 2 * block) * bytes_per_param)
+
+
+def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
+                    compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa",
+                    **settings: object) -> ExpertSpec:
+    """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
+
+    The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
+    `settings` (e.g. loras=[(file, strength), ...]); the attention backend is applied on activation.
+    """
+    from .dit import WanDiT
+    from .dit_loader import WEIGHT_DTYPES, inspect_dit, load_dit
+
+    device = torch.device(device)
+    compute = compute_dtype if compute_dtype is not None else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    info = inspect_dit(path)
+    with torch.device("meta"):
+        shape = WanDiT(info.config)
+    params = sum(p.numel() for p in shape.parameters())
+    target = WEIGHT_DTYPES.get(weight_dtype)
+    if target is None:
+        size = info.weight_bytes
+    elif target.itemsize == 1:  # block Linear weights in fp8, the rest as stored (at least 2 bytes)
+        linear = sum(p.numel() for n, p in shape.blocks.named_parameters() if p.dim() == 2)
+        size = linear + (params - linear) * max(info.stored_dtype.itemsize, 2)
+    else:
+        size = params * target.itemsize
+    key = CacheKey.for_file("dit", path, weight_dtype=weight_dtype, compute_dtype=str(compute), **settings)
+
+    def load(dev: torch.device) -> nn.Module:
+        return load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention)
+
+    def configure(module: nn.Module) -> None:
+        if getattr(module, "attention", attention) != attention:
+            module.set_attention(attention)
+
+    return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, size / params), configure)
 
 
 @dataclass(frozen=True)
@@ -183,6 +228,8 @@ class CachedExperts:
         else:
             module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device, lock=lock)
         self._locked.add(name)
+        if spec.configure is not None:
+            spec.configure(module)
         return module
 
     def _deactivate(self, name: str) -> None:
