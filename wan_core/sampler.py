@@ -47,6 +47,7 @@ def sample_moe(experts: ExpertSource, positive: Sequence[torch.Tensor], negative
                            callback=callback, check_cancel=check_cancel, cfg_batch=cfg_batch, device=device)
 
 
+@torch.no_grad()
 def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequence[torch.Tensor],
                     negative: Sequence[torch.Tensor] | None, *, latent: torch.Tensor | None = None,
                     shape: Sequence[int] | None = None, noise: torch.Tensor | None = None, seed: int = 0,
