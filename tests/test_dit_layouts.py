@@ -165,7 +165,22 @@ def test_explicit_fp8_quantizes_block_linears_of_a_full_precision_file(weight_dt
     assert set(fp8) == {k[: -len(".weight")] for k in weights if BLOCK_LINEAR.match(k)}
     assert all(m.weight.dtype == storage and m.bias.dtype == torch.float16 for m in fp8.values())
     assert model.head.modulation.dtype == torch.float16  # not quantized: stored precision
+    # The loader streams the quantization chunk by chunk; it must be quant.quantize_fp8 bit for bit.
+    w8, scale = quantize_fp8(weights["blocks.1.ffn.0.weight"].half(), storage)
+    assert torch.equal(model.blocks[1].ffn[0].weight.view(torch.uint8), w8.view(torch.uint8))
+    assert torch.equal(model.blocks[1].ffn[0].weight_scale, scale)
     assert rel_rms(run(model, probe), reference) <= FP8_REL_BOUND[storage]
+
+
+def test_scaled_fp8_file_reencoded_to_e5m2(tmp_path, weights, probe, reference):
+    path = tiny.write_scaled_fp8_file(tmp_path / "fp8.safetensors", weights, other_dtype=torch.float32)
+    model = load_dit(path, weight_dtype="fp8_e5m2")
+    layer = model.blocks[0].cross_attn.v
+    w8, scale = quantize_fp8(dequantized_twin(weights)["blocks.0.cross_attn.v.weight"], torch.float8_e5m2)
+    assert layer.weight.dtype == torch.float8_e5m2
+    assert torch.equal(layer.weight.view(torch.uint8), w8.view(torch.uint8)) and torch.equal(layer.weight_scale, scale)
+    # Two roundings (e4m3fn in the file, then e5m2): bounded by the sum of both per-weight bounds.
+    assert rel_rms(run(model, probe), reference) <= FP8_REL_BOUND[torch.float8_e4m3fn] + FP8_REL_BOUND[torch.float8_e5m2]
 
 
 @pytest.mark.parametrize("weight_dtype,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32)])

@@ -23,7 +23,7 @@ import torch.nn as nn
 from .checkpoint import INDEX_SUFFIX, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
 from .dit import DiTConfig, WanDiT
 from .dit_keys import diffusers_to_official, is_diffusers_layout
-from .quant import FP8_DTYPES, Fp8Layout, describe_fp8, quantize_fp8, swap_in_fp8_linears
+from .quant import FP8_DTYPES, Fp8Layout, describe_fp8, swap_in_fp8_linears
 
 PREFIXES = ("model.diffusion_model.", "model.")
 WEIGHT_DTYPES = {
@@ -51,21 +51,21 @@ class DiTInfo:
 
 # ---------------------------------------------------------------------------------------------- recognition
 
-def _what_else(keys: list[str]) -> str | None:
-    """Name the kind of model a non-DiT state dict is, from tell-tale keys (any prefix)."""
+def _what_else(keys: list[str]) -> tuple[str, str] | None:
+    """(what a non-DiT state dict is, what to do with it), from tell-tale keys (any prefix)."""
     def has(fragment: str) -> bool:
         return any(fragment in k for k in keys)
 
     if has("decoder.upsamples.0.upsamples.0.residual") or has("decoder.up_blocks.0.upsampler"):
-        return "a VAE (the 48-channel Wan2.2 VAE of the 5B model)"
+        return "a VAE (the 48-channel Wan2.2 VAE of the 5B model)", "This pack uses the Wan2.1 VAE (wan_2.1_vae.safetensors)."
     if has("decoder.middle.0.residual.0.gamma") or has("encoder.downsamples.") or has("decoder.conv_in.") \
             or has("post_quant_conv.") or has("decoder.mid_block."):
-        return "a VAE (Wan2.1 VAE layout); load it with the VAE loader"
+        return "a VAE (Wan2.1 VAE layout)", "Load it with the VAE loader."
     if has("SelfAttention.") or has("shared.weight") or has("spiece_model") or has("DenseReluDense.") \
             or has("token_embedding.weight") or has("text_model.") or has(".ffn.gate.0."):
-        return "a text encoder (umT5 / T5 / CLIP keys); load it with the text-encoder loader"
-    if has("lora_") or has(".lora.") or has("lora_A") or has("lora_down"):
-        return "a LoRA, not a full model; apply it to a loaded model instead"
+        return "a text encoder (umT5 / T5 / CLIP keys)", "Load it with the text-encoder loader."
+    if has("lora_") or has(".lora.") or has("lora_down"):
+        return "a LoRA, not a full model", "Apply it to a loaded model instead."
     return None
 
 
@@ -73,10 +73,10 @@ def _fail_unless_dit(ckpt: Checkpoint, path: Path) -> None:
     keys = ckpt.keys()
     if "patch_embedding.weight" in ckpt:
         return
-    other = _what_else(keys)
-    found = other or f"no Wan DiT tensors ({len(keys)} tensors, e.g. {', '.join(sorted(keys)[:4]) or 'none'})"
-    raise CheckpointError(f"{path}: this is {found}, not a Wan diffusion model (DiT): it has no "
-                          f"'patch_embedding.weight'. {_EXPECTED}")
+    kind, advice = _what_else(keys) or (
+        f"a file without Wan DiT tensors ({len(keys)} tensors, e.g. {', '.join(sorted(keys)[:4]) or 'none'})", "")
+    raise CheckpointError(f"{path}: this is {kind}, not a Wan diffusion model (DiT): it has no "
+                          f"'patch_embedding.weight'. {advice + ' ' if advice else ''}{_EXPECTED}")
 
 
 def _fail_unless_t2v(ckpt: Checkpoint, path: Path, in_dim: int, dim: int) -> None:
@@ -201,34 +201,102 @@ def _safetensors_locations(path: Path) -> dict[str, tuple[Path, int, int]]:
     return locations
 
 
-class _Reader:
-    """Reads one stored tensor at a time into a fresh CPU tensor with plain file reads (no mmap kept resident)."""
+_STAGING_BYTES = 4 << 20  # one reusable read buffer
+_CHUNK_ELEMENTS = 1 << 20  # elements converted at a time: a 4 MiB float32 work buffer
 
-    def __init__(self, opened: _Opened) -> None:
-        self.opened = opened
+
+class _Reader:
+    """Reads stored tensors with plain file reads (nothing mmapped stays resident), converting chunk by chunk
+    through one reusable buffer, so RAM holds the final tensors plus at most a few chunk-sized temporaries."""
+
+    def __init__(self, opened: _Opened, device: torch.device) -> None:
+        self.opened, self.device = opened, device
         self.locations = _safetensors_locations(Path(opened.ckpt.path))
         self.files: dict[Path, BinaryIO] = {}
+        self._staging: torch.Tensor | None = None
+        self._work: torch.Tensor | None = None
 
-    def read(self, key: str) -> torch.Tensor:
-        ckpt = self.opened.ckpt
+    def info(self, key: str) -> TensorInfo:
+        return self.opened.ckpt.infos[key]
+
+    def _read_bytes(self, key: str, offset: int, out: torch.Tensor) -> None:
+        """Fill the uint8 tensor `out` with the stored bytes of `key` starting `offset` bytes into it."""
         stored = self.opened.source[key]
-        location = self.locations.get(stored)
-        if location is None:  # .pth: torch.load(mmap=True) views
-            return ckpt.get(key)
-        file, offset, nbytes = location
-        info: TensorInfo = ckpt.infos[key]
-        out = torch.empty(info.shape, dtype=info.dtype)
-        if nbytes != out.numel() * out.element_size():
-            raise CheckpointError(f"{file}: tensor '{stored}' stores {nbytes} bytes for shape {list(info.shape)} "
-                                  f"{info.dtype}; the file is corrupt. Download it again.")
-        if nbytes:
+        file, start, nbytes = self.locations[stored]
+        try:
             handle = self.files.get(file) or self.files.setdefault(file, open(file, "rb"))
-            handle.seek(offset)
-            got = handle.readinto(out.reshape(-1).view(torch.uint8).numpy())
-            if got != nbytes:
-                raise CheckpointError(f"{file}: tensor '{stored}' ends after {got} of {nbytes} bytes; the file is "
-                                      "truncated. Download it again.")
+            handle.seek(start + offset)
+            got = handle.readinto(out.numpy())
+        except OSError as exc:
+            raise CheckpointError(f"{file}: could not read tensor '{stored}' ({exc}). Check that the file is still "
+                                  "there and readable.") from exc
+        if got != out.numel():
+            raise CheckpointError(f"{file}: tensor '{stored}' ends after {offset + got} of {nbytes} bytes; the file "
+                                  "is truncated. Download it again.")
+
+    def chunks(self, key: str):
+        """(element offset, flat chunk in the stored dtype on the device), valid until the next chunk."""
+        info = self.info(key)
+        numel = math.prod(info.shape)
+        itemsize = info.dtype.itemsize
+        step = min(_CHUNK_ELEMENTS, _STAGING_BYTES // itemsize)
+        stored = self.opened.source[key]
+        if stored not in self.locations:  # .pth: slices of torch.load(mmap=True) views
+            flat = self.opened.ckpt.get(key).reshape(-1)
+            for start in range(0, numel, step):
+                yield start, flat[start:start + step].to(self.device)
+            return
+        nbytes = self.locations[stored][2]
+        if nbytes != numel * itemsize:
+            raise CheckpointError(f"{self.locations[stored][0]}: tensor '{stored}' stores {nbytes} bytes for shape "
+                                  f"{list(info.shape)} {info.dtype}; the file is corrupt. Download it again.")
+        if self._staging is None:
+            self._staging = torch.empty(_STAGING_BYTES, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        for start in range(0, numel, step):
+            count = min(step, numel - start)
+            buffer = self._staging[: count * itemsize]
+            self._read_bytes(key, start * itemsize, buffer)
+            yield start, buffer.view(info.dtype).to(self.device)
+
+    def read(self, key: str, dtype: torch.dtype | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole tensor on the device as `dtype` (stored dtype if None), times `scale` (in float32) if given."""
+        info = self.info(key)
+        dtype = dtype or info.dtype
+        out = torch.empty(info.shape, dtype=dtype, device=self.device)
+        flat = out.view(-1)
+        if scale is None and dtype == info.dtype and self.device.type == "cpu" \
+                and self.opened.source[key] in self.locations:
+            if flat.numel():  # straight from the file into the final tensor
+                self._read_bytes(key, 0, flat.view(torch.uint8))
+            return out
+        for start, chunk in self.chunks(key):
+            flat[start:start + chunk.numel()].copy_(chunk if scale is None else self._scaled(chunk, scale))
         return out
+
+    def _scaled(self, chunk: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        """chunk × scale in float32, in a reusable work buffer (no per-chunk allocations to fragment the heap)."""
+        if self._work is None:
+            self._work = torch.empty(_CHUNK_ELEMENTS, dtype=torch.float32, device=self.device)
+        work = self._work[: chunk.numel()]
+        work.copy_(chunk)
+        return work.mul_(scale) if scale is not None else work
+
+    def quantized(self, key: str, storage: torch.dtype, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-tensor scaled fp8 of (stored value × scale): quant.quantize_fp8's arithmetic, streamed in two passes."""
+        amax = torch.zeros((), dtype=torch.float32, device=self.device)
+        for _, chunk in self.chunks(key):
+            if chunk.numel():
+                amax = torch.maximum(amax, self._scaled(chunk, scale).abs_().amax())
+        new_scale = amax.clamp(min=1e-12) / torch.finfo(storage).max
+        out = torch.empty(self.info(key).shape, dtype=storage, device=self.device)
+        flat = out.view(-1)
+        for start, chunk in self.chunks(key):
+            flat[start:start + chunk.numel()].copy_(self._scaled(chunk, scale).div_(new_scale))
+        return out, new_scale.reshape(())
+
+    def scalar(self, key: str) -> torch.Tensor:
+        """A one-value tensor (an fp8 scale) as a float32 scalar on the device."""
+        return self.read(key, torch.float32).reshape(())
 
     def close(self) -> None:
         for handle in self.files.values():
@@ -325,38 +393,28 @@ def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dty
                             compute_dtype=compute)
 
     plain = target if target not in FP8_DTYPES else None  # dtype of everything else; None = as stored
-    reader = _Reader(opened)
+    reader = _Reader(opened, device)
     try:
-        def dequantized(layer: str) -> torch.Tensor:
-            """A file-fp8 weight times its scale, in float32 on the device."""
-            weight = reader.read(layer + ".weight").to(device).to(torch.float32)
-            scale_key = fp8.layers.get(layer, "") if fp8 else ""
-            return weight * reader.read(scale_key).to(device, torch.float32).reshape(()) if scale_key else weight
-
         for name in expected:
             layer, _, leaf = name.rpartition(".")
-            if layer in fp8_layers:
-                if leaf == "weight_scale":
-                    continue  # set together with the weight
-                if leaf == "weight":
-                    storage = fp8_layers[layer]
-                    scale_key = fp8.layers.get(layer, "") if fp8 else ""
-                    if file_fp8.get(layer) == storage:
-                        weight = reader.read(name).to(device)
-                        scale = (reader.read(scale_key).to(device, torch.float32).reshape(()) if scale_key
-                                 else torch.ones((), device=device))
-                    else:
-                        full = dequantized(layer) if layer in file_fp8 else reader.read(name).to(device)
-                        weight, scale = quantize_fp8(full, storage)
-                    _assign(model, name, weight)
-                    _assign(model, layer + ".weight_scale", scale)
-                    continue
-            if layer in file_fp8 and leaf == "weight":  # an fp8 layer loaded as a plain Linear: dequantize
-                value = dequantized(layer).to(plain or torch.float32)
+            scale_key = fp8.layers.get(layer, "") if fp8 and layer in file_fp8 else ""
+            file_scale = reader.scalar(scale_key) if scale_key and leaf == "weight" else None
+            if layer in fp8_layers and leaf == "weight":
+                storage = fp8_layers[layer]
+                if file_fp8.get(layer) == storage:  # kept as stored
+                    weight = reader.read(name)
+                    scale = file_scale if file_scale is not None else torch.ones((), device=device)
+                else:  # quantized from higher precision, or re-encoded from the other fp8 format
+                    weight, scale = reader.quantized(name, storage, file_scale)
+                _assign(model, name, weight)
+                _assign(model, layer + ".weight_scale", scale)
+            elif layer in fp8_layers and leaf == "weight_scale":
+                continue  # set together with the weight
+            elif layer in file_fp8 and leaf == "weight":  # an fp8 layer loaded as a plain Linear: dequantize
+                scale = file_scale if file_scale is not None else torch.ones((), device=device)
+                _assign(model, name, reader.read(name, plain or torch.float32, scale))
             else:
-                raw = reader.read(name)
-                value = raw.to(device=device, dtype=plain or raw.dtype)
-            _assign(model, name, value)
+                _assign(model, name, reader.read(name, plain))
     finally:
         reader.close()
 
