@@ -48,3 +48,13 @@ def test_accounting_counts_shared_storage_once_and_skips_meta():
 
 def test_measured_free_ram_is_positive():
     assert 0 < free_bytes("cpu")
+
+
+def test_out_of_memory_recognised_on_device_and_host():
+    from wan_core.memory import NotEnoughMemoryError, is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                                         "memory: you tried to allocate 30000000000 bytes"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert isinstance(NotEnoughMemoryError("x", needed=1, free=0, device="cpu"), RuntimeError)

@@ -33,7 +33,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from .memory import MemoryBudget, NotEnoughMemoryError, bytes_by_tier, free_bytes, gib, module_bytes, tier_of
+from .memory import (MemoryBudget, NotEnoughMemoryError, bytes_by_tier, free_bytes, gib, is_out_of_memory,
+                     module_bytes, tier_of)
 from .offload import BlockStreamer, discard_module, move_module
 
 log = logging.getLogger("wan_core.cache")
@@ -233,7 +234,9 @@ class ModelCache:
             self._make_room(size_bytes, device, exclude=(key,), what=key.label)
             try:
                 module = load(device)
-            except torch.OutOfMemoryError as exc:
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
+                    raise
                 raise self._oom(exc, f"loading {key.label}", size_bytes, device) from exc
             entry = _Entry(key, module, size_bytes, locks=int(lock))
             self._entries[key] = entry
@@ -262,7 +265,9 @@ class ModelCache:
             entry.locks += 1  # streaming memory must not evict the entry being streamed
             try:
                 streamer.attach()
-            except torch.OutOfMemoryError as exc:
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
+                    raise
                 raise self._oom(exc, f"streaming {key.label}", streamer.device_bytes(), device) from exc
             finally:
                 entry.locks -= 1
@@ -363,7 +368,9 @@ class ModelCache:
             self._make_room(need, device, exclude=(entry.key,), what=entry.key.label)
         try:
             move_module(entry.module, device, pin=pin)
-        except torch.OutOfMemoryError as exc:
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
             raise self._oom(exc, f"moving {entry.key.label} to {target}", need, device) from exc
         entry.pinned = pin or (entry.pinned and target == "cpu")
         self._stats.moves += 1

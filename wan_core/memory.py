@@ -28,6 +28,13 @@ class NotEnoughMemoryError(RuntimeError):
         self.needed, self.free, self.device = needed, free, device
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device out-of-memory error and for a failed host allocation (which torch raises as RuntimeError)."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def gib(n: int | float) -> str:
     """Bytes as a short human string ('1.25 GiB', '340 MiB')."""
     if abs(n) >= GiB:

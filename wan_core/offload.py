@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .memory import NotEnoughMemoryError, gib, tier_of
+from .memory import NotEnoughMemoryError, gib, is_out_of_memory, tier_of
 
 Slot = tuple[nn.Module, str, str]  # (owner module, "_parameters" or "_buffers", name)
 
@@ -227,7 +227,9 @@ class BlockStreamer:
                 if self.prefetch:
                     self._stage((i + 1) % len(self.blocks), self._side)
                 self.max_blocks_on_device = max(self.max_blocks_on_device, len(self._active) + len(self._staged))
-            except torch.OutOfMemoryError as exc:
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
+                    raise
                 raise NotEnoughMemoryError(
                     f"block streaming ran out of memory on {self.device} while copying block {i} "
                     f"({gib(self.device_bytes() // 2)} per block pair). Lower the resolution or the number of "
