@@ -76,8 +76,11 @@ def upscale_model_from_state_dict(state_dict: dict[str, torch.Tensor], name: str
 
 
 def cached_upscale_model(path: str | os.PathLike):
-    """`load_upscale_model`, reusing the descriptor while the file is unchanged (a few kept; see wan_core.cache)."""
-    # TODO(cache): route through wan_core.cache.get_cache() once that module's API is settled.
+    """`load_upscale_model`, reusing the descriptor while the file is unchanged (the last two files are kept)."""
+    # Not in wan_core.cache on purpose: its entries are nn.Modules it may drop or discard under memory
+    # pressure, while ComfyUI's output cache keeps handing the same UPSCALE_MODEL descriptor (which owns
+    # that module) to later runs. Upscale models are small (1-70 MB) and sit on the GPU only while
+    # upscale_video runs.
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_mtime, stat.st_size)
     with _lock:
