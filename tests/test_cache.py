@@ -246,3 +246,16 @@ def test_one_process_wide_cache_and_module_level_hooks():
     finally:
         set_free_memory_callback(None)
     assert release_all() >= 0
+
+
+def test_using_locks_while_in_use_and_unlocks_on_errors(files):
+    cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=int(1.5 * linear_bytes(256))))
+    vae, other = CacheKey.for_file("vae", files["vae"]), CacheKey.for_file("dit", files["a"])
+    with pytest.raises(ZeroDivisionError):
+        with cache.using(vae, linear_loader(256, []), size_bytes=linear_bytes(256), device=CPU) as model:
+            with pytest.raises(NotEnoughMemoryError):  # the VAE in use cannot be evicted for another model
+                cache.get(other, linear_loader(256, []), size_bytes=linear_bytes(256), device=CPU)
+            1 / 0
+    assert model.weight.device.type == "cpu" and cache.status().entries[0].locked is False
+    cache.get(other, linear_loader(256, []), size_bytes=linear_bytes(256), device=CPU)
+    assert vae not in cache

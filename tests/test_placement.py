@@ -282,3 +282,16 @@ def test_unknown_expert_name(expert_files):
     experts = cached_experts(expert_files, "resident")
     with pytest.raises(ValueError, match="unknown expert 'mid'"):
         experts.expert("mid")
+
+
+def test_the_same_file_for_both_experts_is_one_entry_loaded_once(expert_files):
+    high, _ = specs(*expert_files, TINY)
+    loads: list = []
+    from dataclasses import replace
+
+    spec = replace(high, load=lambda d: (loads.append(1), high.load(d))[1])
+    cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=4 * GiB))
+    experts = CachedExperts(spec, spec, device="cpu", placement="swap", cache=cache)
+    run_moe(experts, *inputs(TINY))
+    assert loads == [1] and len(cache.status().entries) == 1
+    assert_idle(cache)

@@ -10,9 +10,11 @@ How nodes use it (a loader is any callable `device -> nn.Module`):
 
     cache = get_cache()
     key = CacheKey.for_file("vae", path, dtype="bf16")
-    vae = cache.get(key, lambda dev: load_vae(path, dev, torch.bfloat16), size_bytes=n, device=device)
-    ... decode ...
-    cache.offload(key)            # leave the GPU when the node is done (RAM if the budget allows)
+    with cache.using(key, lambda dev: load_vae(path, dev, torch.bfloat16), size_bytes=n, device=device,
+                     offload_after=True) as vae:   # locked while in use; then off the GPU (RAM if it fits)
+        ... decode ...
+
+The DiT experts go through `placement.CachedExperts`, the sampler's ExpertSource.
 
 ComfyUI cooperation (wired in nodes/): `set_free_memory_callback(fn)` registers `fn(bytes, device)` that
 asks ComfyUI to make room before weights go onto a device; "Unload models" calls `release_all()`, and
@@ -308,6 +310,22 @@ class ModelCache:
             yield self._entries[key].module
         finally:
             self.unlock(key)
+
+    @contextmanager
+    def using(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
+              offload_after: bool = True) -> Iterator[nn.Module]:
+        """`with cache.using(key, load, ...) as model:` get and lock it; afterwards unlock and, if asked, offload it.
+
+        For the text encoder and the VAE: they leave the compute device when their node is done (to RAM
+        when the budget allows), whether the block finished or raised.
+        """
+        module = self.get(key, load, size_bytes=size_bytes, device=device, lock=True)
+        try:
+            yield module
+        finally:
+            self.unlock(key)
+            if offload_after:
+                self.offload(key)
 
     # --- giving memory back --------------------------------------------------------------------------
     def offload(self, key: CacheKey) -> None:
