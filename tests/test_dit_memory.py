@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from wan_core.dit import DiTConfig
 from wan_core.tiny import dit as tiny
@@ -23,7 +22,6 @@ BIG = DiTConfig(dim=1024, ffn_dim=4096, num_heads=8, num_layers=4)
 # compared with the loaded tensors' size. (ru_maxrss would not do: Linux carries the forking pytest's peak over exec.)
 PROBE = """
 import gc, json, re, sys
-import torch
 from wan_core.dit_loader import load_dit
 def kib(field):
     return int(re.search(field + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
