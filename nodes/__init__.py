@@ -30,5 +30,8 @@ class WanMoEExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> WanMoEExtension:
-    """Entry point ComfyUI calls when it loads the pack."""
+    """Entry point ComfyUI calls when it loads the pack: ties the shared model cache to ComfyUI's memory manager."""
+    from .comfy_bridge import connect_model_cache
+
+    connect_model_cache()
     return WanMoEExtension()

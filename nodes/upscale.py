@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-try:
-    from wan_core.upscale import FITS, RESAMPLES, upscale_video
-    from wan_core.upscale_loader import cached_upscale_model
-except ModuleNotFoundError:  # inside ComfyUI the pack root is not on sys.path; wan_core is the pack's subpackage
-    from ..wan_core.upscale import FITS, RESAMPLES, upscale_video
-    from ..wan_core.upscale_loader import cached_upscale_model
+from ..wan_core.upscale import FITS, RESAMPLES, upscale_video
+from ..wan_core.upscale_loader import cached_upscale_model
 
 from .model_files import file_choices, full_path, not_listed
 

@@ -24,9 +24,9 @@ sys.path.insert(0, str(REPO_ROOT))  # wan_core as a top-level package, for the t
 from harness.client import ComfyError, output_files  # noqa: E402
 from harness.comfy_server import ComfyServer, pack_load_report  # noqa: E402
 
-API_WORKFLOW = REPO_ROOT / "workflows" / "wan22_t2v_a14b_720p_api.json"
+API_WORKFLOW = REPO_ROOT / "workflows" / "api" / "wan22_t2v_a14b_720p.json"
 OUT_DIR = REPO_ROOT / "out"
-TINY = {"width": 64, "height": 48, "length": 5, "steps": 2}  # 5 frames -> 2 latent frames; 64x48 -> 8x6 latent
+TINY = {"width": 64, "height": 48, "length": 5, "steps": 4}  # 5 frames -> 2 latent frames; 64x48 -> 8x6 latent; 4 steps at shift 12 = 3 high-noise + 1 low-noise
 # Which node inputs the tiny size goes to (class_type -> input names).
 TINY_INPUTS = {"WanMoEEmptyLatent": ("width", "height", "length"), "WanMoESampler": ("steps",)}
 # The engine's tiny writers (wan_core/tiny/<module>.py) and the function each must expose:

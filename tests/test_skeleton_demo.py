@@ -52,7 +52,7 @@ def test_component_of_rejects_unknown_names():
 def test_patch_to_tiny_size_sets_only_size_and_steps():
     patched = demo.patch_to_tiny_size(API_WORKFLOW)
     assert patched["4"]["inputs"] == {"width": 64, "height": 48, "length": 5, "batch_size": 1}
-    assert patched["5"]["inputs"] == {"steps": 2, "seed": 7, "latent": ["4", 0]}
+    assert patched["5"]["inputs"] == {"steps": 4, "seed": 7, "latent": ["4", 0]}
     assert API_WORKFLOW["4"]["inputs"]["width"] == 1280  # the original is left alone
 
 

@@ -1,0 +1,143 @@
+"""Loader nodes: pick model files and settings; the weights load lazily, on first use, through wan_core's shared cache."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..wan_core.attention import available_attention
+from ..wan_core.defaults import BOUNDARY, COMFY_FILES
+
+from .handles import ModelHandle, TextEncoderHandle, VAEHandle, WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
+from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
+
+CATEGORY = "WanMoE"
+WEIGHT_DTYPES = ["auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"]
+PLACEMENTS = ["auto", "resident", "swap", "stream"]
+ENCODER_DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
+VAE_DTYPES = ["bf16", "fp16", "fp32"]
+
+
+def _default(choices: list[str], preferred: str) -> str:
+    """The public file name when it is present (or when nothing is), else the first listed file."""
+    return preferred if preferred in choices or not choices else choices[0]
+
+
+class WanMoEModelLoader(io.ComfyNode):
+    """The two Wan2.2-T2V-A14B experts (high-noise and low-noise) as one model for the MoE sampler."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        high = low = diffusion_model_choices()
+        return io.Schema(
+            node_id="WanMoEModelLoader",
+            display_name="Wan2.2 MoE Model Loader",
+            category=CATEGORY,
+            description="Selects the high-noise and low-noise Wan2.2-T2V-A14B experts. Nothing is read until the sampler "
+                        "runs; the shared cache loads each expert once and keeps VRAM and RAM inside their budgets.",
+            inputs=[
+                io.Combo.Input("high_noise_model", options=high, default=_default(high, COMFY_FILES["high_fp16"]),
+                               tooltip="High-noise expert (runs while t >= boundary x 1000), from models/diffusion_models: "
+                                       "a single file (fp16/bf16/fp8_scaled) or an official high_noise_model/ folder's index."),
+                io.Combo.Input("low_noise_model", options=low, default=_default(low, COMFY_FILES["low_fp16"]),
+                               tooltip="Low-noise expert (runs below the boundary), from models/diffusion_models."),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="auto",
+                               tooltip="Precision the weights are kept in. auto keeps each file's stored precision "
+                                       "(scaled fp8 included); fp8 halves memory and is computed in bf16/fp16 layer by layer."),
+                io.Combo.Input("placement", options=PLACEMENTS, default="auto",
+                               tooltip="Where the experts live. auto picks from free VRAM/RAM: resident (both on the GPU), "
+                                       "swap (one on the GPU at a time, swapped at the boundary step), stream (transformer "
+                                       "blocks streamed to the GPU one by one, for GPUs that cannot hold one expert)."),
+                io.Combo.Input("attention", options=available_attention(), default="sdpa",
+                               tooltip="Attention kernel. sdpa is PyTorch's scaled_dot_product_attention, which picks "
+                                       "flash / memory-efficient kernels on a GPU."),
+                io.Float.Input("boundary", default=BOUNDARY, min=0.0, max=1.0, step=0.005,
+                               tooltip="Expert switch point as a fraction of 1000 timesteps: the high-noise expert runs "
+                                       "while t >= boundary x 1000 (official T2V-A14B: 0.875)."),
+            ],
+            outputs=[WanMoEModelType.Output(display_name="model")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, high_noise_model: str, low_noise_model: str) -> bool | str:
+        choices = diffusion_model_choices()
+        for name in (high_noise_model, low_noise_model):
+            message = not_listed("diffusion_models", name, choices)
+            if message:
+                return message
+        return True
+
+    @classmethod
+    def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
+                boundary: float) -> io.NodeOutput:
+        handle = ModelHandle(
+            high_noise_path=full_path("diffusion_models", high_noise_model),
+            low_noise_path=full_path("diffusion_models", low_noise_model),
+            weight_dtype=weight_dtype, placement=placement, attention=attention, boundary=boundary,
+            high_noise_name=high_noise_model, low_noise_name=low_noise_model,
+        )
+        return io.NodeOutput(handle)
+
+
+class WanMoETextEncoderLoader(io.ComfyNode):
+    """The umT5-XXL text encoder of Wan2.2 (official .pth, ComfyUI's umt5_xxl_*.safetensors, or a HF folder)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = file_choices("text_encoders")
+        return io.Schema(
+            node_id="WanMoETextEncoderLoader",
+            display_name="Wan2.2 Text Encoder Loader (umT5-XXL)",
+            category=CATEGORY,
+            description="Selects the umT5-XXL encoder. It loads on the first prompt that is not in the prompt cache.",
+            inputs=[
+                io.Combo.Input("text_encoder", options=choices, default=_default(choices, COMFY_FILES["t5_fp16"]),
+                               tooltip="umT5-XXL weights from models/text_encoders: umt5_xxl_fp16.safetensors, "
+                                       "umt5_xxl_fp8_e4m3fn_scaled.safetensors or the official models_t5_umt5-xxl-enc-bf16.pth."),
+                io.Combo.Input("device", options=["gpu", "cpu"], default="gpu",
+                               tooltip="Where the encoder runs. cpu saves about 11 GB of VRAM (bf16) at the cost of a "
+                                       "slower encode; repeated prompts come from the cache either way."),
+                io.Combo.Input("dtype", options=ENCODER_DTYPES, default="auto",
+                               tooltip="Compute/storage precision; auto keeps the file's precision (bf16 on CPU for fp8 files)."),
+            ],
+            outputs=[WanMoETextEncoderType.Output(display_name="text_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, text_encoder: str) -> bool | str:
+        return not_listed("text_encoders", text_encoder, file_choices("text_encoders")) or True
+
+    @classmethod
+    def execute(cls, text_encoder: str, device: str, dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(TextEncoderHandle(full_path("text_encoders", text_encoder), device, dtype, text_encoder))
+
+
+class WanMoEVAELoader(io.ComfyNode):
+    """The Wan2.1 video VAE (16 latent channels) that Wan2.2-T2V-A14B uses."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = file_choices("vae")
+        return io.Schema(
+            node_id="WanMoEVAELoader",
+            display_name="Wan2.1 VAE Loader",
+            category=CATEGORY,
+            inputs=[
+                io.Combo.Input("vae", options=choices, default=_default(choices, COMFY_FILES["vae"]),
+                               tooltip="wan_2.1_vae.safetensors (Comfy-Org) or the official Wan2.1_VAE.pth, from models/vae. "
+                                       "The Wan2.2 VAE (48 channels) belongs to the 5B model and does not fit A14B."),
+                io.Combo.Input("dtype", options=VAE_DTYPES, default="bf16",
+                               tooltip="Compute precision of the VAE (the official code runs it in fp32; bf16 halves memory)."),
+            ],
+            outputs=[WanMoEVAEType.Output(display_name="vae")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae: str) -> bool | str:
+        return not_listed("vae", vae, file_choices("vae")) or True
+
+    @classmethod
+    def execute(cls, vae: str, dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(VAEHandle(full_path("vae", vae), dtype, vae))
+
+
+NODES = [WanMoEModelLoader, WanMoETextEncoderLoader, WanMoEVAELoader]

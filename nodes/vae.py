@@ -1,0 +1,99 @@
+"""WanMoEVAEDecode / WanMoEVAEEncode: Wan2.1 VAE between core's LATENT and IMAGE, in bounded memory."""
+
+from __future__ import annotations
+
+import comfy.utils
+from comfy_api.latest import io
+
+from ..wan_core import latent_format, models
+from ..wan_core.video_shapes import frames_problem
+
+from .comfy_bridge import check_cancel, compute_device
+from .handles import VAEHandle, WanMoEVAEType
+
+CATEGORY = "WanMoE"
+TILING = ["auto", "on", "off"]
+
+
+def _frame_progress(node_id: str | None):
+    """A callback (done, total) that moves a ComfyUI progress bar and honours Cancel between frames."""
+    bar: list = []
+
+    def update(done: int, total: int) -> None:
+        check_cancel()
+        if not bar:
+            bar.append(comfy.utils.ProgressBar(total, node_id=node_id))
+        bar[0].update_absolute(done, total)
+
+    return update
+
+
+def _tiling_inputs() -> list:
+    return [
+        io.Combo.Input("tiling", options=TILING, default="auto",
+                       tooltip="Spatial tiling bounds memory by the tile, not the frame. auto turns it on when the "
+                               "untiled estimate exceeds the free memory of the device."),
+        io.Int.Input("tile_size", default=0, min=0, max=4096, step=32,
+                     tooltip="Tile size in pixels (0 = automatic). Smaller tiles use less memory."),
+        io.Int.Input("tile_overlap", default=0, min=0, max=1024, step=8,
+                     tooltip="Overlap between tiles in pixels, blended smoothly (0 = automatic)."),
+    ]
+
+
+class WanMoEVAEDecode(io.ComfyNode):
+    """Latent -> frames, one latent frame at a time with the causal cache (memory does not grow with length)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanMoEVAEDecode",
+            display_name="Wan2.1 VAE Decode",
+            category=CATEGORY,
+            inputs=[
+                WanMoEVAEType.Input("vae", tooltip="From the Wan2.1 VAE Loader."),
+                io.Latent.Input("samples", tooltip="A Wan2.1 video latent (from the sampler or any core video latent)."),
+                *_tiling_inputs(),
+            ],
+            outputs=[io.Image.Output(tooltip="Frames [frames, height, width, 3] in 0..1, for CreateVideo, "
+                                             "upscalers or any IMAGE input.")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, vae: VAEHandle, samples: dict, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
+        images = models.decode(vae.path, latent_format.normalize(samples["samples"]), dtype=vae.dtype,
+                               device=compute_device(), tiling=tiling, tile_px=tile_size or None,
+                               overlap_px=tile_overlap or None, on_frame=_frame_progress(cls.hidden.unique_id))
+        return io.NodeOutput(images)
+
+
+class WanMoEVAEEncode(io.ComfyNode):
+    """Frames -> latent (4n+1 frames -> n+1 latent frames), for video-to-video and refine passes."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanMoEVAEEncode",
+            display_name="Wan2.1 VAE Encode",
+            category=CATEGORY,
+            inputs=[
+                WanMoEVAEType.Input("vae", tooltip="From the Wan2.1 VAE Loader."),
+                io.Image.Input("image", tooltip="4n+1 frames (1, 5, 9, ..., 81); width and height multiples of 16."),
+                *_tiling_inputs(),
+            ],
+            outputs=[io.Latent.Output()],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, vae: VAEHandle, image, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
+        problem = frames_problem(image.shape[0])
+        if problem:
+            raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
+        latent = models.encode(vae.path, image, dtype=vae.dtype, device=compute_device(), tiling=tiling,
+                               tile_px=tile_size or None, overlap_px=tile_overlap or None,
+                               on_frame=_frame_progress(cls.hidden.unique_id))
+        return io.NodeOutput({"samples": latent_format.denormalize(latent)})
+
+
+NODES = [WanMoEVAEDecode, WanMoEVAEEncode]

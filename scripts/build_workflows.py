@@ -1,0 +1,197 @@
+"""Writes the shipped workflows (workflows/*.json): each graph once, as a UI file for the canvas and its API twin.
+
+One definition per graph keeps the pair in sync by construction; tests/test_workflows.py also converts each
+UI file to API format with the real ComfyUI's /object_info and compares it with the twin.
+Run: .venv/bin/python scripts/build_workflows.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from wan_core.defaults import (  # noqa: E402
+    COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH,
+)
+
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+HF_22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+HF_21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+DOWNLOADS = {  # public file name -> (model folder, download URL)
+    COMFY_FILES["high_fp16"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['high_fp16']}"),
+    COMFY_FILES["low_fp16"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['low_fp16']}"),
+    COMFY_FILES["high_fp8"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['high_fp8']}"),
+    COMFY_FILES["low_fp8"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['low_fp8']}"),
+    COMFY_FILES["t5_fp16"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp16']}"),
+    COMFY_FILES["t5_fp8"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp8']}"),
+    COMFY_FILES["vae"]: ("vae", f"{HF_22}/vae/{COMFY_FILES['vae']}"),
+}
+PROMPT = ("A red fox trots through fresh snow in a sunlit birch forest, its breath steaming in the cold air; the camera "
+          "tracks it at eye level, shallow depth of field, soft golden morning light, cinematic.")
+# Frontend-only widgets that follow an input in the UI file's widgets_values (not part of the API prompt).
+SEED_CONTROL = "fixed"
+
+# Socket types of each node's inputs/outputs, for the UI file's slot records (name, type).
+SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "WanMoEModelLoader": ([], [("model", "WANMOE_MODEL")]),
+    "WanMoETextEncoderLoader": ([], [("text_encoder", "WANMOE_TEXT_ENCODER")]),
+    "WanMoETextEncode": ([("text_encoder", "WANMOE_TEXT_ENCODER")], [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
+    "WanMoEEmptyLatent": ([], [("LATENT", "LATENT")]),
+    "WanMoESampler": ([("model", "WANMOE_MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+                       ("latent", "LATENT")], [("LATENT", "LATENT")]),
+    "WanMoEVAELoader": ([], [("vae", "WANMOE_VAE")]),
+    "WanMoEVAEDecode": ([("vae", "WANMOE_VAE"), ("samples", "LATENT")], [("IMAGE", "IMAGE")]),
+    "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")]),
+    "SaveVideo": ([("video", "VIDEO")], []),
+    "MarkdownNote": ([], []),
+}
+
+
+@dataclass
+class Node:
+    """One graph node: API inputs (widget values, or (node, output slot) links) and its place on the canvas."""
+
+    id: int
+    type: str
+    inputs: dict = field(default_factory=dict)
+    pos: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (320, 120)
+    title: str | None = None
+    models: tuple[str, ...] = ()
+
+
+def _is_link(value) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Node)
+
+
+def to_api(nodes: list[Node]) -> dict:
+    """The API-format prompt (what /prompt takes): {id: {class_type, inputs}}; notes are UI-only."""
+    api = {}
+    for node in nodes:
+        if node.type == "MarkdownNote":
+            continue
+        inputs = {k: ([str(v[0].id), v[1]] if _is_link(v) else v) for k, v in node.inputs.items()}
+        api[str(node.id)] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": node.title or node.type}}
+    return api
+
+
+def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
+    """The UI-format workflow (LiteGraph 0.4, as the frontend saves it)."""
+    links, by_target = [], {}
+    for node in nodes:
+        names = [n for n, _ in SOCKETS[node.type][0]]
+        for name, value in node.inputs.items():
+            if _is_link(value):
+                source, slot = value
+                link_id = len(links) + 1
+                links.append([link_id, source.id, slot, node.id, names.index(name), SOCKETS[source.type][1][slot][1]])
+                by_target[(node.id, name)] = link_id
+    ui_nodes = []
+    for order, node in enumerate(nodes):
+        in_sockets, out_sockets = SOCKETS[node.type]
+        widgets = []
+        for name, value in node.inputs.items():
+            if not _is_link(value):
+                widgets.append(value)
+                if name == "seed":
+                    widgets.append(SEED_CONTROL)
+        if node.type == "MarkdownNote":
+            widgets = [node.inputs["text"]]
+        properties = {"Node name for S&R": node.type}
+        if node.models:
+            properties["models"] = [{"name": m, "url": DOWNLOADS[m][1], "directory": DOWNLOADS[m][0]} for m in node.models]
+        record = {
+            "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+            "order": order, "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": by_target.get((node.id, n))} for n, t in in_sockets],
+            "outputs": [{"name": n, "type": t, "slot_index": i,
+                         "links": [l[0] for l in links if l[1] == node.id and l[2] == i]}
+                        for i, (n, t) in enumerate(out_sockets)],
+            "properties": properties, "widgets_values": widgets,
+        }
+        if node.title:
+            record["title"] = node.title
+        ui_nodes.append(record)
+    return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+
+
+def files_note(files: list[str], extra: str = "") -> str:
+    """Markdown for the note node: which file goes in which folder, with download links."""
+    lines = ["**Model files** (put each in its folder under `ComfyUI/models/`, then press R to refresh):", ""]
+    for name in files:
+        folder, url = DOWNLOADS[name]
+        lines.append(f"- `{folder}/` [{name}]({url})")
+    if extra:
+        lines += ["", extra]
+    return "\n".join(lines)
+
+
+def t2v_graph(*, high: str, low: str, t5: str, t5_device: str, width: int, height: int, placement: str,
+              note_extra: str, prefix: str) -> list[Node]:
+    """Text-to-video with the MoE sampler: loaders -> text encode -> sampler -> VAE decode -> CreateVideo -> SaveVideo."""
+    vae = COMFY_FILES["vae"]
+    model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
+                                          "placement": placement, "attention": "sdpa", "boundary": 0.875},
+                 pos=(40, 80), size=(380, 200), models=(high, low))
+    encoder = Node(2, "WanMoETextEncoderLoader", {"text_encoder": t5, "device": t5_device, "dtype": "auto"},
+                   pos=(40, 320), size=(380, 110), models=(t5,))
+    text = Node(3, "WanMoETextEncode", {"text_encoder": (encoder, 0), "positive": PROMPT, "negative": NEGATIVE_PROMPT},
+                pos=(460, 320), size=(420, 300))
+    latent = Node(4, "WanMoEEmptyLatent", {"width": width, "height": height, "length": FRAMES, "batch_size": 1},
+                  pos=(460, 660), size=(320, 130))
+    sampler = Node(5, "WanMoESampler", {"model": (model, 0), "positive": (text, 0), "negative": (text, 1),
+                                        "latent": (latent, 0), "seed": 42, "steps": STEPS, "cfg_high": GUIDE_HIGH,
+                                        "cfg_low": GUIDE_LOW, "shift": SHIFT, "sampler": "unipc", "denoise": 1.0},
+                   pos=(920, 80), size=(340, 330))
+    vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(920, 460), size=(340, 90), models=(vae,))
+    decode = Node(7, "WanMoEVAEDecode", {"vae": (vae_loader, 0), "samples": (sampler, 0), "tiling": "auto",
+                                         "tile_size": 0, "tile_overlap": 0}, pos=(1300, 80), size=(300, 150))
+    video = Node(8, "CreateVideo", {"images": (decode, 0), "fps": float(FPS)}, pos=(1300, 280), size=(300, 80))
+    save = Node(9, "SaveVideo", {"video": (video, 0), "filename_prefix": prefix, "format": "auto", "codec": "auto"},
+                pos=(1640, 80), size=(420, 460))
+    note = Node(10, "MarkdownNote", {"text": files_note([high, low, t5, vae], note_extra)}, pos=(40, 480), size=(380, 300),
+                title="Model files")
+    return [model, encoder, text, latent, sampler, vae_loader, decode, video, save, note]
+
+
+def all_workflows() -> dict[str, list[Node]]:
+    """Every shipped workflow by file stem."""
+    return {
+        "wan22_t2v_a14b_720p": t2v_graph(
+            high=COMFY_FILES["high_fp16"], low=COMFY_FILES["low_fp16"], t5=COMFY_FILES["t5_fp16"], t5_device="gpu",
+            width=WIDTH, height=HEIGHT, placement="auto", prefix="video/wan22_t2v_720p",
+            note_extra="Official defaults: 1280x720, 81 frames at 16 fps, 40 UniPC steps, shift 12, cfg 4.0 (high-noise) "
+                       "/ 3.0 (low-noise), switching experts at t = 875."),
+        "wan22_t2v_a14b_fp8_lowvram": t2v_graph(
+            high=COMFY_FILES["high_fp8"], low=COMFY_FILES["low_fp8"], t5=COMFY_FILES["t5_fp8"], t5_device="cpu",
+            width=832, height=480, placement="auto", prefix="video/wan22_t2v_480p_fp8",
+            note_extra="Low-VRAM setup: Comfy-Org's fp8_scaled experts, the text encoder on the CPU, 832x480; placement "
+                       "auto swaps or streams the experts to fit the GPU."),
+    }
+
+
+def api_path(stem: str, directory: Path = WORKFLOWS_DIR) -> Path:
+    """Where the API twin of workflow `stem` lives."""
+    return directory / "api" / f"{stem}.json"
+
+
+def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:
+    """Write every workflow's UI file and its API twin (in api/, so ComfyUI's templates browser lists only UI files)."""
+    (directory / "api").mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, nodes in all_workflows().items():
+        for path, data in ((directory / f"{stem}.json", to_ui(nodes)), (api_path(stem, directory), to_api(nodes))):
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write_all():
+        print(p.relative_to(REPO_ROOT))
