@@ -103,6 +103,7 @@ def plan_tiles(
     tile: int | tuple[int, int],
     overlap: int | tuple[int, int],
     scale: int = 1,
+    margin: int = 0,
     device: torch.device | str | None = None,
 ) -> list[TileSpec]:
     """Tiles covering (height, width) with the same feathered ramps as `tiled_apply`, weights pre-normalised.
@@ -122,8 +123,12 @@ def plan_tiles(
             bottom = (y1 - ys[yi + 1]) * scale if yi + 1 < len(ys) else 0
             left = (xs[xi - 1] + tw - x0) * scale if xi > 0 else 0
             right = (x1 - xs[xi + 1]) * scale if xi + 1 < len(xs) else 0
-            w = _ramp((y1 - y0) * scale, top, bottom)[:, None] * _ramp((x1 - x0) * scale, left, right)[None, :]
+            m = margin * scale
+            w = _ramp((y1 - y0) * scale, top, bottom, m)[:, None] * _ramp((x1 - x0) * scale, left, right, m)[None, :]
             dst = (slice(y0 * scale, y1 * scale), slice(x0 * scale, x1 * scale))
             total[dst] += w
             raw.append(((slice(y0, y1), slice(x0, x1)), dst, w))
+    if not bool((total > 0).all()):
+        raise ValueError(f"tiles of {tile} with overlap {overlap} and margin {margin} leave pixels without weight; "
+                         "use a larger tile or a smaller overlap")
     return [TileSpec(src, dst, (w / total[dst]).to(device)) for src, dst, w in raw]

@@ -165,14 +165,32 @@ class AttentionBlock(nn.Module):
         self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
         self.proj = nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: _Cache | None = None, region: tuple[slice, slice] | None = None
+    ) -> torch.Tensor:
+        """Attend over all pixels of each frame; with `region` (ys, xs) return only that window's pixels.
+
+        Keys and values always come from the whole frame, so a tile computed this way equals the same window
+        of the untiled result: tiling does not change what the attention sees.
+        """
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
-        qkv = self.to_qkv(self.norm(y)).reshape(b * t, 1, 3 * c, h * w).transpose(2, 3).contiguous()
-        q, k, v = qkv.chunk(3, dim=-1)
+        qkv = self.to_qkv(self.norm(y))
+        if region is None:
+            qkv = qkv.reshape(b * t, 1, 3 * c, h * w).transpose(2, 3).contiguous()
+            q, k, v = qkv.chunk(3, dim=-1)
+            x_out, (h_out, w_out) = x, (h, w)
+        else:
+            ys, xs = region
+            kv = qkv[:, c:].reshape(b * t, 1, 2 * c, h * w).transpose(2, 3).contiguous()
+            k, v = kv.chunk(2, dim=-1)
+            q = qkv[:, :c, ys, xs]
+            h_out, w_out = q.shape[-2:]
+            q = q.reshape(b * t, 1, c, h_out * w_out).transpose(2, 3).contiguous()
+            x_out = x[:, :, :, ys, xs]
         y = F.scaled_dot_product_attention(q, k, v)
-        y = self.proj(y.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w))
-        return x + y.reshape(b, t, c, h, w).transpose(1, 2)
+        y = self.proj(y.squeeze(1).transpose(1, 2).reshape(b * t, c, h_out, w_out))
+        return x_out + y.reshape(b, t, c, h_out, w_out).transpose(1, 2)
 
 
 class Resample(nn.Module):
@@ -270,11 +288,26 @@ class Decoder3d(nn.Module):
         self.upsamples = nn.ModuleList(layers)
         self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, 3, padding=1)])
 
-    def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: _Cache | None = None,
+        *,
+        tile_cache: _Cache | None = None,
+        region: tuple[slice, slice] | None = None,
+    ) -> torch.Tensor:
+        """Decode a chunk; with `region` only that (ys, xs) window of the output is computed.
+
+        Up to the middle attention the whole (latent-resolution) frame is processed with `cache`, so the
+        attention sees every pixel; from there on only the window, with its own causal `tile_cache`.
+        """
         x = _causal(self.conv1, x, cache)
-        for layer in (*self.middle, *self.upsamples):
-            x = layer(x, cache)
-        return _causal(self.head[2], F.silu(self.head[0](x)), cache)  # type: ignore[arg-type]
+        x = self.middle[0](x, cache)
+        x = self.middle[1](x, region=region)
+        tile_cache = cache if tile_cache is None else tile_cache
+        for layer in (self.middle[2], *self.upsamples):
+            x = layer(x, tile_cache)
+        return _causal(self.head[2], F.silu(self.head[0](x)), tile_cache)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -328,10 +361,12 @@ class WanVAE(nn.Module):
 
     # -- one streamed step ---------------------------------------------------------------------------------
 
-    def _decode_step(self, z: torch.Tensor, cache: _Cache) -> torch.Tensor:
-        """One normalised latent frame [B,16,1,h,w] -> 1 (first step) or 4 video frames, clamped, fp32."""
+    def _decode_step(
+        self, z: torch.Tensor, cache: _Cache, tile_cache: _Cache | None = None, region: tuple[slice, slice] | None = None
+    ) -> torch.Tensor:
+        """One normalised latent frame [B,16,1,h,w] -> 1 (first step) or 4 video frames (of `region`), clamped, fp32."""
         z = denormalize(z.to(self.device, torch.float32)).to(self.dtype)
-        x = self.decoder(self.conv2(z), cache)
+        x = self.decoder(self.conv2(z), cache, tile_cache=tile_cache, region=region)
         return x.float().clamp_(-1.0, 1.0)
 
     def _encode_step(self, x: torch.Tensor, cache: _Cache) -> torch.Tensor:
@@ -421,17 +456,25 @@ class WanVAE(nn.Module):
             for candidate in _AUTO_TILES:
                 if tiling == "on" and candidate > DEFAULT_TILE:
                     continue  # forced on with plenty of memory: still tile, at the default size
-                if self.estimate_peak_bytes(candidate, candidate, batch=batch, decode=decode) <= 0.8 * budget:
+                need = self.estimate_peak_bytes(candidate, candidate, batch=batch, decode=decode)
+                if decode:  # the whole frame still passes the latent-resolution stages (for exact attention)
+                    item = torch.empty((), dtype=self.dtype).element_size()
+                    need += batch * (12 * self.decoder.conv1.out_channels * height * width * item
+                                     + 4 * candidate * candidate * height * width)
+                if need <= 0.8 * budget:
                     tile_size = candidate
                     break
         if tile_size < 2:
             raise ValueError(f"tile_size is in latent pixels (8 video px each) and must be >= 2, got {tile_size}")
-        overlap = max(1, tile_size // 4) if tile_overlap is None else tile_overlap
-        if not 0 <= overlap < tile_size:
-            raise ValueError(f"tile_overlap must be in [0, tile_size) latent px, got {overlap} for tile {tile_size}")
+        overlap = max(1, tile_size // 3) if tile_overlap is None else tile_overlap
+        if not 0 <= overlap <= tile_size // 2:
+            raise ValueError(f"tile_overlap must be in [0, tile_size/2] latent px, got {overlap} for tile {tile_size}")
         if height <= tile_size and width <= tile_size:
             return None
-        return plan_tiles(height, width, tile=tile_size, overlap=overlap, scale=1)
+        # The outer third of each overlap gets no weight (a tile's border effects live there); the blend
+        # ramp runs across the middle third.
+        scale = SPATIAL_FACTOR if decode else 1  # decode blends at video resolution, encode at latent resolution
+        return plan_tiles(height, width, tile=tile_size, overlap=overlap, scale=scale, margin=(overlap - max(1, overlap // 6)) // 2)
 
     # -- public API ----------------------------------------------------------------------------------------
 
@@ -463,19 +506,17 @@ class WanVAE(nn.Module):
             buffer.zero_()
         total, done = t_lat * (len(tiles) if tiles else 1), 0
         for tile in tiles or [None]:
-            cache = _Cache()
+            cache, tile_cache = _Cache(), _Cache()
             if tile is not None:
-                (ys, xs), weight = tile.src, tile.weight
-                # the blend weights are per latent px; spread them over the 8x8 video px
-                weight = torch.repeat_interleave(torch.repeat_interleave(weight, s, 0), s, 1).to(self.device)
+                (ys, xs), (out_ys, out_xs) = tile.src, tile.dst
+                weight = tile.weight.to(self.device)
             for i in range(t_lat):
                 f0 = 0 if i == 0 else video_frames(i)
                 if tile is None:
                     frames = self._decode_step(latent[:, :, i : i + 1], cache)
                     video[:, :, f0 : f0 + frames.shape[2]] = frames
                 else:
-                    frames = self._decode_step(latent[:, :, i : i + 1, ys, xs], cache)
-                    out_ys, out_xs = slice(ys.start * s, ys.stop * s), slice(xs.start * s, xs.stop * s)
+                    frames = self._decode_step(latent[:, :, i : i + 1], cache, tile_cache, (ys, xs))
                     video[:, :, f0 : f0 + frames.shape[2], out_ys, out_xs] += (frames * weight).to(out_device)
                 del frames
                 done += 1
