@@ -31,48 +31,56 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "fp8")
 _PREFIXES = ("text_encoders.umt5xxl.transformer.", "umt5xxl.transformer.", "text_encoder.", "t5xxl.transformer.",
              "model.", "module.")
 
-# Hugging Face T5 names -> official names (the 10-rule table of the reference, applied per key).
-_HF_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
-    (r"^shared\.", "token_embedding."),
-    (r"^encoder\.embed_tokens\.", "token_embedding."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.([qkvo])\.", r"blocks.\1.attn.\2."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.SelfAttention\.relative_attention_bias\.", r"blocks.\1.pos_embedding.embedding."),
-    (r"^encoder\.block\.(\d+)\.layer\.0\.layer_norm\.", r"blocks.\1.norm1."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_0\.", r"blocks.\1.ffn.gate.0."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wi_1\.", r"blocks.\1.ffn.fc1."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.wo\.", r"blocks.\1.ffn.fc2."),
-    (r"^encoder\.block\.(\d+)\.layer\.1\.layer_norm\.", r"blocks.\1.norm2."),
-    (r"^encoder\.final_layer_norm\.", "norm."),
-))
+# Hugging Face T5 names <-> official names (the 10-rule table of the reference): one table, read both ways.
+# `{N}` is a block index, `{P}` one of the q/k/v/o projections.
+_KEY_TABLE: tuple[tuple[str, str], ...] = (
+    ("shared.", "token_embedding."),
+    ("encoder.block.{N}.layer.0.SelfAttention.{P}.", "blocks.{N}.attn.{P}."),
+    ("encoder.block.{N}.layer.0.SelfAttention.relative_attention_bias.", "blocks.{N}.pos_embedding.embedding."),
+    ("encoder.block.{N}.layer.0.layer_norm.", "blocks.{N}.norm1."),
+    ("encoder.block.{N}.layer.1.DenseReluDense.wi_0.", "blocks.{N}.ffn.gate.0."),
+    ("encoder.block.{N}.layer.1.DenseReluDense.wi_1.", "blocks.{N}.ffn.fc1."),
+    ("encoder.block.{N}.layer.1.DenseReluDense.wo.", "blocks.{N}.ffn.fc2."),
+    ("encoder.block.{N}.layer.1.layer_norm.", "blocks.{N}.norm2."),
+    ("encoder.final_layer_norm.", "norm."),
+)
+_EXTRA_HF = (("encoder.embed_tokens.", "token_embedding."),)  # the tied copy of `shared` some files keep
+
+
+def _rules(pairs: Sequence[tuple[str, str]], source: int) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """Prefix rewrite rules from template pairs, reading templates[source] -> templates[1 - source]."""
+    def pattern(t: str) -> re.Pattern[str]:
+        return re.compile("^" + re.escape(t).replace(r"\{N\}", r"(?P<N>\d+)").replace(r"\{P\}", r"(?P<P>[qkvo])"))
+
+    def replacement(t: str) -> str:
+        return t.replace("{N}", r"\g<N>").replace("{P}", r"\g<P>")
+
+    return tuple((pattern(pair[source]), replacement(pair[1 - source])) for pair in pairs)
+
+
+_HF_TO_OFFICIAL = _rules(_KEY_TABLE + _EXTRA_HF, 0)
+_OFFICIAL_TO_HF = _rules(_KEY_TABLE, 1)
+
+
+def _rewrite(key: str, rules: tuple[tuple[re.Pattern[str], str], ...]) -> str | None:
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, key, count=1)
+        if n:
+            return new
+    return None
 
 
 def hf_to_official(key: str) -> str | None:
     """Official name of a Hugging Face T5 encoder key (suffixes such as `.scale_weight` kept); None drops it."""
-    for pattern, repl in _HF_RULES:
-        new, n = pattern.subn(repl, key)
-        if n:
-            return new
-    return None  # decoder, lm_head, spiece_model and other non-encoder keys
+    return _rewrite(key, _HF_TO_OFFICIAL)  # None: decoder, lm_head, spiece_model and other non-encoder keys
 
 
 def official_to_hf(key: str) -> str:
     """Hugging Face T5 name of an official key (inverse of `hf_to_official`, `shared.weight` for the embedding)."""
-    rules = (
-        (r"^token_embedding\.", "shared."),
-        (r"^blocks\.(\d+)\.attn\.([qkvo])\.", r"encoder.block.\1.layer.0.SelfAttention.\2."),
-        (r"^blocks\.(\d+)\.pos_embedding\.embedding\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
-        (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
-        (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),
-        (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
-        (r"^blocks\.(\d+)\.ffn\.fc2\.", r"encoder.block.\1.layer.1.DenseReluDense.wo."),
-        (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
-        (r"^norm\.", "encoder.final_layer_norm."),
-    )
-    for a, b in rules:
-        new, n = re.subn(a, b, key)
-        if n:
-            return new
-    raise KeyError(f"not an official umT5 key: {key}")
+    new = _rewrite(key, _OFFICIAL_TO_HF)
+    if new is None:
+        raise KeyError(f"not an official umT5 key: {key}")
+    return new
 
 
 def _sample(keys: Sequence[str], n: int = 4) -> str:
