@@ -110,8 +110,8 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x.float(), (self.dim,), weight, bias, self.eps)
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with q/k RMSNorm across the full width (before the head split) and 3-D RoPE."""
+class Attention(nn.Module):
+    """q/k/v/o projections with q/k RMSNorm across the full width (before the head split), as official WanSelfAttention."""
 
     def __init__(self, dim: int, num_heads: int, eps: float, attention: str) -> None:
         super().__init__()
@@ -120,35 +120,30 @@ class SelfAttention(nn.Module):
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
         self.attend = get_attention(attention)
         self.compute_dtype = torch.float32
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        dtype = self.compute_dtype
+        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+
+
+class SelfAttention(Attention):
+    """Self-attention over the video tokens with 3-D RoPE on q and k."""
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
-        shape = (b, l, self.num_heads, self.head_dim)
-        q = apply_rope(self.norm_q(self.q(x)).view(shape), rotations)
-        k = apply_rope(self.norm_k(self.k(x)).view(shape), rotations)
-        v = self.v(x).view(shape)
-        dtype = self.compute_dtype
-        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), rotations)
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), rotations)
+        return self._attend(q, k, self._heads(self.v(x)))
 
 
-class CrossAttention(nn.Module):
-    """Attention from video tokens to the embedded text (q/k RMSNorm, no RoPE, no mask)."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float, attention: str) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q, self.k, self.v, self.o = Linear(dim, dim), Linear(dim, dim), Linear(dim, dim), Linear(dim, dim)
-        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
-        self.attend = get_attention(attention)
-        self.compute_dtype = torch.float32
+class CrossAttention(Attention):
+    """Attention from video tokens to the embedded text (no RoPE, no mask)."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
-        q = self.norm_q(self.q(x)).view(b, l, self.num_heads, self.head_dim)
-        k = self.norm_k(self.k(context)).view(b, -1, self.num_heads, self.head_dim)
-        v = self.v(context).view(b, -1, self.num_heads, self.head_dim)
-        dtype = self.compute_dtype
-        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+        q = self._heads(self.norm_q(self.q(x)))
+        return self._attend(q, self._heads(self.norm_k(self.k(context))), self._heads(self.v(context)))
 
 
 class WanBlock(nn.Module):
@@ -225,7 +220,7 @@ class WanDiT(nn.Module):
         attend = get_attention(attention)
         self.attention = attention
         for module in self.modules():
-            if isinstance(module, (SelfAttention, CrossAttention)):
+            if isinstance(module, Attention):
                 module.attend = attend
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor],
