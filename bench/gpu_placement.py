@@ -16,7 +16,6 @@ import argparse
 import gc
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from wan_core.cache import CacheKey, ModelCache  # noqa: E402
 from wan_core.dit import DiTConfig, WanDiT  # noqa: E402
-from wan_core.memory import MemoryBudget, NotEnoughMemoryError, gib  # noqa: E402
+from wan_core.memory import MemoryBudget, NotEnoughMemoryError, PeakRSS, gib  # noqa: E402
 from wan_core.offload import tensor_slots, write_slot  # noqa: E402
 from wan_core.placement import CachedExperts, ExpertSpec, estimate_working_bytes, stream_bytes_for  # noqa: E402
 
@@ -36,37 +35,6 @@ SKIP_MESSAGE = "no CUDA device: skipped"
 # Latent (frames, height, width) of 81 frames: 832x480 -> 32 760 tokens, 1280x720 -> 75 600 tokens.
 RESOLUTIONS = {"480p": (21, 60, 104), "720p": (21, 90, 160), "tiny": (1, 8, 8)}
 PLACEMENTS = ("resident", "swap", "stream")
-
-
-class PeakRSS:
-    """Peak resident set size since construction: VmHWM after a reset, else 2 ms sampling."""
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._proc = psutil.Process()
-        self._thread = None
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self._peak = self._proc.memory_info().rss
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-
-    def peak(self) -> int:
-        """Bytes."""
-        if self._thread is None:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        self._stop.set()
-        self._thread.join()
-        return self._peak
 
 
 def random_expert(config: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int) -> WanDiT:

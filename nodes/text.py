@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..wan_core import models
 from ..wan_core.defaults import NEGATIVE_PROMPT
+from ..wan_core.text_encoder import comfy_context
 
 from .comfy_bridge import compute_device
 from .handles import TextEncoderHandle, WanMoETextEncoderType
@@ -18,7 +19,7 @@ log = logging.getLogger("ComfyUI-WanMoE")
 
 def to_conditioning(embedding) -> list:
     """Core's CONDITIONING layout for umT5: [[cond [1, 512, 4096] with zeroed padding, {"pooled_output": None}]]."""
-    return [[models.comfy_context(embedding), {"pooled_output": None}]]
+    return [[comfy_context(embedding), {"pooled_output": None}]]
 
 
 class WanMoETextEncode(io.ComfyNode):

@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from wan_core.cache import CacheKey  # noqa: E402
 from wan_core.dit import DiTConfig, WanDiT  # noqa: E402
-from wan_core.memory import module_bytes  # noqa: E402
+from wan_core.memory import PeakRSS, module_bytes  # noqa: E402
 from wan_core.placement import ExpertSpec  # noqa: E402
 
 TINY = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=3, text_len=16)
@@ -101,39 +101,6 @@ def run_moe(experts, x: torch.Tensor, context: list[torch.Tensor], *, timesteps=
     finally:
         experts.release()
     return x
-
-
-class PeakRSS:
-    """Peak resident set size from now on: the kernel's VmHWM after a reset, or 1 ms sampling where reset fails."""
-
-    def __init__(self) -> None:
-        import psutil
-        import threading
-
-        self._proc = psutil.Process()
-        self._reset = False
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self._reset = True
-        except OSError:
-            self._peak = self._proc.memory_info().rss
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self._peak = max(self._peak, self._proc.memory_info().rss)
-
-    def peak(self) -> int:
-        """Bytes: the highest RSS seen since construction."""
-        if self._reset:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        self._stop.set()
-        self._thread.join()
-        return self._peak
 
 
 def _rss_main(folder: str, budget: int) -> None:

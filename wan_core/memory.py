@@ -9,7 +9,9 @@ system's totals and can be overridden (constructor, or WANMOE_VRAM_GB / WANMOE_R
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -157,3 +159,35 @@ def bytes_by_tier(module: nn.Module) -> dict[str, int]:
 def module_bytes(module: nn.Module) -> int:
     """Bytes of a module's parameters and buffers wherever they are."""
     return sum(t.numel() * t.element_size() for t in module_tensors(module))
+
+
+class PeakRSS:
+    """Peak resident set size from now on: the kernel's VmHWM after a reset, or 1 ms sampling where reset fails."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._reset = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        except OSError:
+            self._peak = self._proc.memory_info().rss
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def peak(self) -> int:
+        """Bytes: the highest RSS seen since construction."""
+        if self._reset:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        self._stop.set()
+        self._thread.join()
+        return self._peak

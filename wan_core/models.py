@@ -19,8 +19,8 @@ from .placement import CachedExperts, dit_expert_spec, estimate_working_bytes
 from .prompt_cache import DEFAULT_CACHE
 from .sampler import sample_schedule
 from .schedule import Schedule, build_schedule
-from .text_encoder import EncodeResult, TextEncoder, comfy_context, encoder_identity, load_text_encoder
-from .vae import WanVAE, comfy_image_to_video, video_to_comfy_image
+from .text_encoder import EncodeResult, TextEncoder, encoder_identity, load_text_encoder
+from .vae import comfy_image_to_video, video_to_comfy_image
 from .vae_loader import load_vae
 
 log = logging.getLogger("wan_core.models")
