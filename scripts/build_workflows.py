@@ -22,6 +22,9 @@ from wan_core.defaults import (  # noqa: E402
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 HF_22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
 HF_21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+# The public upscaler the model variant names (Real-ESRGAN's RRDBNet x4; its GitHub URL is one the frontend's
+# Missing Models dialog offers to download).
+UPSCALER = "RealESRGAN_x4plus.pth"
 DOWNLOADS = {  # public file name -> (model folder, download URL)
     COMFY_FILES["high_fp16"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['high_fp16']}"),
     COMFY_FILES["low_fp16"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['low_fp16']}"),
@@ -30,6 +33,7 @@ DOWNLOADS = {  # public file name -> (model folder, download URL)
     COMFY_FILES["t5_fp16"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp16']}"),
     COMFY_FILES["t5_fp8"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp8']}"),
     COMFY_FILES["vae"]: ("vae", f"{HF_22}/vae/{COMFY_FILES['vae']}"),
+    UPSCALER: ("upscale_models", "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
 }
 PROMPT = ("A red fox trots through fresh snow in a sunlit birch forest, its breath steaming in the cold air; the camera "
           "tracks it at eye level, shallow depth of field, soft golden morning light, cinematic.")
@@ -46,6 +50,9 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
                        ("latent", "LATENT")], [("LATENT", "LATENT")]),
     "WanMoEVAELoader": ([], [("vae", "WANMOE_VAE")]),
     "WanMoEVAEDecode": ([("vae", "WANMOE_VAE"), ("samples", "LATENT")], [("IMAGE", "IMAGE")]),
+    "WanMoEUpscaleModelLoader": ([], [("upscale_model", "UPSCALE_MODEL")]),
+    "UpscaleModelLoader": ([], [("UPSCALE_MODEL", "UPSCALE_MODEL")]),
+    "WanMoEUpscale": ([("images", "IMAGE"), ("upscale_model", "UPSCALE_MODEL")], [("images", "IMAGE")]),
     "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")]),
     "SaveVideo": ([("video", "VIDEO")], []),
     "MarkdownNote": ([], []),
@@ -132,9 +139,9 @@ def files_note(files: list[str], extra: str = "") -> str:
     return "\n".join(lines)
 
 
-def t2v_graph(*, high: str, low: str, t5: str, t5_device: str, width: int, height: int, placement: str,
-              note_extra: str, prefix: str) -> list[Node]:
-    """Text-to-video with the MoE sampler: loaders -> text encode -> sampler -> VAE decode -> CreateVideo -> SaveVideo."""
+def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, height: int,
+              placement: str) -> list[Node]:
+    """Text-to-video up to the frames (ids 1-7): loaders -> text encode -> sampler -> VAE decode (the last node)."""
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
                                           "placement": placement, "attention": "sdpa", "boundary": 0.875},
@@ -152,12 +159,63 @@ def t2v_graph(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
     vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(920, 460), size=(340, 90), models=(vae,))
     decode = Node(7, "WanMoEVAEDecode", {"vae": (vae_loader, 0), "samples": (sampler, 0), "tiling": "auto",
                                          "tile_size": 0, "tile_overlap": 0}, pos=(1300, 80), size=(300, 150))
-    video = Node(8, "CreateVideo", {"images": (decode, 0), "fps": float(FPS)}, pos=(1300, 280), size=(300, 80))
+    return [model, encoder, text, latent, sampler, vae_loader, decode]
+
+
+def video_nodes(images: tuple[Node, int], prefix: str, x: int) -> list[Node]:
+    """CreateVideo (16 fps) -> SaveVideo (ids 8, 9) from an IMAGE output, placed from canvas column `x`."""
+    video = Node(8, "CreateVideo", {"images": images, "fps": float(FPS)}, pos=(x, 280), size=(300, 80))
     save = Node(9, "SaveVideo", {"video": (video, 0), "filename_prefix": prefix, "format": "auto", "codec": "auto"},
-                pos=(1640, 80), size=(420, 460))
-    note = Node(10, "MarkdownNote", {"text": files_note([high, low, t5, vae], note_extra)}, pos=(40, 480), size=(380, 300),
+                pos=(x + 340, 80), size=(420, 460))
+    return [video, save]
+
+
+def model_files(nodes: list[Node]) -> list[str]:
+    """The model files the nodes name, in graph order (for the note)."""
+    return [m for node in nodes for m in node.models]
+
+
+def t2v_graph(*, high: str, low: str, t5: str, t5_device: str, width: int, height: int, placement: str,
+              note_extra: str, prefix: str) -> list[Node]:
+    """Text-to-video with the MoE sampler: loaders -> text encode -> sampler -> VAE decode -> CreateVideo -> SaveVideo."""
+    nodes = t2v_nodes(high=high, low=low, t5=t5, t5_device=t5_device, width=width, height=height, placement=placement)
+    nodes += video_nodes((nodes[-1], 0), prefix, x=1300)
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
                 title="Model files")
-    return [model, encoder, text, latent, sampler, vae_loader, decode, video, save, note]
+    return nodes + [note]
+
+
+def t2v_upscale_graph(*, target: tuple[int, int], upscale_model: str | None, note_extra: str, prefix: str) -> list[Node]:
+    """Low-VRAM text-to-video at 832x480, then WanMoEUpscale to exactly `target` (w, h) -> CreateVideo -> SaveVideo.
+
+    With `upscale_model`, core's UpscaleModelLoader feeds the upscaler; without, it resamples (Lanczos) and sharpens.
+    """
+    nodes = t2v_nodes(high=COMFY_FILES["high_fp8"], low=COMFY_FILES["low_fp8"], t5=COMFY_FILES["t5_fp8"], t5_device="cpu",
+                      width=832, height=480, placement="auto")
+    decode = nodes[-1]
+    upscale_inputs: dict = {"images": (decode, 0)}
+    loader = None
+    if upscale_model is not None:
+        loader = Node(12, "UpscaleModelLoader", {"model_name": upscale_model}, pos=(1300, 280), size=(300, 80),
+                      title="Load Upscale Model", models=(upscale_model,))
+        upscale_inputs["upscale_model"] = (loader, 0)
+    upscale_inputs |= {"mode": "exact size", "scale": 2.0, "width": target[0], "height": target[1], "fit": "crop",
+                       "resample": "lanczos", "sharpen": 0.0 if loader else 0.3, "stabilize": 0.5, "color_fix": True,
+                       "tile_size": 0, "frame_batch": 0}
+    upscale = Node(11, "WanMoEUpscale", upscale_inputs, pos=(1640, 80), size=(340, 440))
+    tail = video_nodes((upscale, 0), prefix, x=2020)
+    tail[0].pos = (2020, 560)
+    tail[1].pos = (2020, 80)
+    nodes += ([loader] if loader else []) + [upscale] + tail
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
+                title="Model files")
+    return nodes + [note]
+
+
+UPSCALE_NOTE = ("Generates at 832x480 (fp8 experts, text encoder on the CPU), then 'Wan2.2 Video Upscale' makes "
+                "exactly {w}x{h} (centre crop to the aspect ratio) in tiles and frame chunks sized to free memory, "
+                "with its temporal stabiliser and colour fix. For 1080p set width 1920 and height 1080. "
+                "Refine pass (upscale -> VAE encode -> low-noise expert at denoise 0.3): see docs/upscale.md.")
 
 
 def all_workflows() -> dict[str, list[Node]]:
@@ -173,6 +231,15 @@ def all_workflows() -> dict[str, list[Node]]:
             width=832, height=480, placement="auto", prefix="video/wan22_t2v_480p_fp8",
             note_extra="Low-VRAM setup: Comfy-Org's fp8_scaled experts, the text encoder on the CPU, 832x480; placement "
                        "auto swaps or streams the experts to fit the GPU."),
+        "wan22_t2v_a14b_upscale": t2v_upscale_graph(
+            target=(WIDTH, HEIGHT), upscale_model=None, prefix="video/wan22_t2v_upscale_720p",
+            note_extra=UPSCALE_NOTE.format(w=WIDTH, h=HEIGHT) + " Without an upscale model the frames are resampled "
+                       "with Lanczos and mildly sharpened; the model variant is wan22_t2v_a14b_upscale_model."),
+        "wan22_t2v_a14b_upscale_model": t2v_upscale_graph(
+            target=(WIDTH, HEIGHT), upscale_model=UPSCALER, prefix="video/wan22_t2v_upscale_model_720p",
+            note_extra=UPSCALE_NOTE.format(w=WIDTH, h=HEIGHT) + f" Core 'Load Upscale Model' feeds it {UPSCALER} "
+                       "(4x, then resampled to the target); any ESRGAN / Real-ESRGAN / SRVGGNetCompact / SwinIR-family "
+                       "file in upscale_models works, e.g. realesr-animevideov3.pth (faster)."),
     }
 
 
