@@ -244,6 +244,7 @@ class ModelCache:
             self._entries[key] = entry
             self._stats.loads += 1
             self._stats.load_counts[key] = self._stats.load_counts.get(key, 0) + 1
+            log.info("model cache: loaded %s from its file onto %s (%s)", key.label, tier_of(device), gib(size_bytes))
             if pin and device.type == "cpu" and torch.cuda.is_available():
                 self._pin(entry)
             return module
@@ -365,9 +366,12 @@ class ModelCache:
     def release_all(self) -> int:
         """Drop every entry not in use (ComfyUI's "Unload models"); returns bytes freed."""
         with self._lock:
-            freed = sum(self._drop(e) for e in list(self._entries.values()) if not e.locks)
+            idle = [e for e in self._entries.values() if not e.locks]
+            freed = sum(self._drop(e) for e in idle)
+            kept = len(self._entries)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        log.info("model cache: released %d model(s), %s freed; %d in use kept", len(idle), gib(freed), kept)
         return freed
 
     # --- internals -----------------------------------------------------------------------------------
