@@ -29,7 +29,8 @@ from wan_core.cache import CacheKey, ModelCache  # noqa: E402
 from wan_core.dit import DiTConfig, WanDiT  # noqa: E402
 from wan_core.memory import MemoryBudget, NotEnoughMemoryError, PeakRSS, gib  # noqa: E402
 from wan_core.offload import tensor_slots, write_slot  # noqa: E402
-from wan_core.placement import CachedExperts, ExpertSpec, estimate_working_bytes, stream_bytes_for  # noqa: E402
+from wan_core.dit import activation_bytes  # noqa: E402
+from wan_core.placement import CachedExperts, ExpertSpec, stream_bytes_for  # noqa: E402
 
 SKIP_MESSAGE = "no CUDA device: skipped"
 # Latent (frames, height, width) of 81 frames: 832x480 -> 32 760 tokens, 1280x720 -> 75 600 tokens.
@@ -76,7 +77,7 @@ def run_case(config: DiTConfig, placement: str, resolution: str, device: torch.d
     frames, height, width = RESOLUTIONS[resolution]
     tokens = frames * (height // 2) * (width // 2)
     cache = ModelCache(budget)
-    working = estimate_working_bytes(config, tokens)
+    working = activation_bytes(config, tokens)
     result = {"placement": placement, "resolution": resolution, "tokens": tokens, "blocks": config.num_layers}
     try:
         experts = CachedExperts(expert_spec(config, "high", dtype, 1), expert_spec(config, "low", dtype, 2),

@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from .cache import CacheKey, get_cache
 from .checkpoint import open_checkpoint
-from .placement import CachedExperts, dit_expert_spec, estimate_working_bytes
+from .dit import activation_bytes
+from .placement import CachedExperts, dit_expert_spec
 from .prompt_cache import DEFAULT_CACHE
 from .sampler import sample_schedule
 from .schedule import Schedule, build_schedule
@@ -102,7 +103,7 @@ def experts_for(high_path: str, low_path: str, *, weight_dtype: str, placement: 
     high = dit_expert_spec(high_path, device=device, weight_dtype=weight_dtype, attention=attention)
     low = dit_expert_spec(low_path, device=device, weight_dtype=weight_dtype, attention=attention)
     config = _dit_config(high_path)
-    working = estimate_working_bytes(config, tokens, batch) if tokens else 0
+    working = activation_bytes(config, tokens, batch) if tokens else 0
     return CachedExperts(high, low, device=device, placement=placement, working_bytes=working)
 
 

@@ -63,15 +63,6 @@ def stream_bytes_for(config: object, bytes_per_param: float) -> int:
     return int((other + 2 * block) * bytes_per_param)
 
 
-def estimate_working_bytes(config: object, tokens: int, batch: int = 1) -> int:
-    """Rough device memory of one forward's activations besides the weights (bench/gpu_placement.py measures it).
-
-    About eight float32 copies of the token stream (residual, norms, q/k/v, float64 RoPE) plus the FFN
-    hidden layer twice in a 2-byte compute dtype.
-    """
-    return int(tokens * batch * (config.dim * 4 * 8 + config.ffn_dim * 2 * 2))
-
-
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa",
                     **settings: object) -> ExpertSpec:

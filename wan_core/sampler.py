@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 import torch
 
 from .defaults import BOUNDARY, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
+from .dit import activation_bytes
 from .experts import ExpertSource
+from .memory import free_bytes
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
 
@@ -126,38 +128,18 @@ def _guided(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, con
 
 
 def cfg_batch_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """Rough peak activation bytes of one forward of one latent (for the batch-of-2 decision)."""
-    config = getattr(model, "config", None)
-    dim = getattr(config, "dim", 5120)
-    ffn_dim = getattr(config, "ffn_dim", 13824)
-    patch = getattr(config, "patch_size", (1, 2, 2))
+    """Rough peak activation bytes of one forward of the latent `x` (for the batch-of-2 decision)."""
+    config = model.config
+    pt, ph, pw = config.patch_size
     _, _, frames, height, width = x.shape
-    tokens = (frames // patch[0]) * (height // patch[1]) * (width // patch[2]) * x.shape[0]
-    # fp32 residual stream and norms, q/k/v/attention output, RoPE tables, and the FFN hidden layer.
-    return int(tokens * (24 * dim + 4 * ffn_dim) * 1.5)
-
-
-def free_memory_bytes(device: torch.device) -> int | None:
-    """Free memory usable on `device` (None when it cannot be told)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + cached)
-    if device.type == "cpu":
-        try:
-            import psutil
-        except ImportError:
-            return None
-        return int(psutil.virtual_memory().available)
-    return None
+    return activation_bytes(config, (frames // pt) * (height // ph) * (width // pw), batch=x.shape[0])
 
 
 def _use_cfg_batch(mode: str, model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> bool:
     """'on' / 'off' as forced; 'auto': batch when twice a single pass's activations fit in free memory."""
     if mode != "auto":
         return mode == "on"
-    free = free_memory_bytes(device)
-    return free is not None and free >= 2 * cfg_batch_bytes(model, x)
+    return free_bytes(device) >= 2 * cfg_batch_bytes(model, x)
 
 
 def _latent_shape(latent: torch.Tensor | None, shape: Sequence[int] | None,
