@@ -449,7 +449,8 @@ class WanVAE(nn.Module):
         if tiling == "off":
             return None
         budget = free_memory_bytes(self.device)
-        if tiling == "auto" and self.estimate_peak_bytes(height, width, batch=batch, decode=decode) <= budget:
+        # 0.7: the estimate leaves out allocator slack and CPU im2col buffers of narrow convs
+        if tiling == "auto" and self.estimate_peak_bytes(height, width, batch=batch, decode=decode) <= 0.7 * budget:
             return None
         if tile_size is None:
             tile_size = _AUTO_TILES[-1]
@@ -461,7 +462,7 @@ class WanVAE(nn.Module):
                     item = torch.empty((), dtype=self.dtype).element_size()
                     need += batch * (12 * self.decoder.conv1.out_channels * height * width * item
                                      + 4 * candidate * candidate * height * width)
-                if need <= 0.8 * budget:
+                if need <= 0.7 * budget:
                     tile_size = candidate
                     break
         if tile_size < 2:
