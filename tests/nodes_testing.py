@@ -30,12 +30,30 @@ LOADED = re.compile(r"model cache: loaded (\S+) (\S+)")  # kind, file name (cach
 RELEASED = re.compile(r"model cache: released (\d+) model\(s\)")  # cache.ModelCache.release_all
 
 
-def ensure_public_tiny_models(server, names: list[str]) -> None:
-    """Tiny checkpoints under the public file names (as `make demo` writes them); files already there are kept,
-    so their cache identity (path, size, mtime) stays the same across tests."""
-    missing = [n for n in names if not (server.models_dir / demo.model_folder(demo.component_of(n)[0]) / n).exists()]
-    if missing:
-        demo.write_tiny_checkpoints(server.models_dir, missing)
+def workflow_model_files(stem: str) -> list[tuple[str, str]]:
+    """(model folder, file name) of every file a shipped workflow names, from its UI file's node `properties.models`
+    (what the frontend's Missing Models check reads)."""
+    ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
+    return sorted({(m["directory"], m["name"]) for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])})
+
+
+def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
+    """A tiny random checkpoint for each (folder, public name): Wan files as `make demo` writes them, the upscale
+    model from wan_core.tiny.upscaler. Files already there are kept (their cache identity stays the same)."""
+    from wan_core.defaults import COMFY_FILES
+    from wan_core.tiny import upscaler
+
+    for folder, name in files:
+        path = server.models_dir / folder / name
+        if path.exists():
+            continue
+        if name in COMFY_FILES.values():
+            assert demo.model_folder(demo.component_of(name)[0]) == folder, f"{name} belongs elsewhere than {folder}/"
+            demo.write_tiny_checkpoints(server.models_dir, [name])
+        elif folder == "upscale_models":
+            upscaler.write_comfy_file(path)
+        else:
+            raise ValueError(f"no tiny writer for {folder}/{name}")
 
 
 def write_tiny_set(server, tag: str, dit_layers: int | None = None) -> dict[str, str]:

@@ -1,0 +1,136 @@
+"""The shipped workflows (workflows/*.json + api/ twins) in the real ComfyUI and its frontend (issue 8, Done when).
+
+Generic over every workflow in workflows/: each UI file equals its API twin (converted with the server's own
+/object_info, and by the frontend itself), scripts/build_workflows.py regenerates them byte for byte, each API twin
+runs end-to-end at a tiny size on tiny checkpoints saved under the real file names, and each UI file opens in the
+canvas with no missing node type, no Missing Models dialog and no console error of ours.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+
+import pytest
+
+from harness.browser import relevant_console_errors
+from harness.client import output_files
+from harness.comfy_server import REPO_ROOT
+from harness.workflow_convert import ui_to_api
+from nodes_testing import UI_WORKFLOWS, WORKFLOWS, demo, ensure_tiny_models, workflow_model_files
+
+pytestmark = pytest.mark.comfy
+STEMS = [p.stem for p in UI_WORKFLOWS]
+
+
+def without_meta(prompt: dict) -> dict:
+    return {node_id: {k: v for k, v in node.items() if k != "_meta"} for node_id, node in prompt.items()}
+
+
+def api_twin(stem: str) -> dict:
+    return json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+
+
+def expected_video(api: dict) -> tuple[int, int, int, float]:
+    """(frames, width, height, fps) the workflow writes at the demo's tiny size: the latent size, or what a
+    WanMoEUpscale node on the way to CreateVideo makes of it."""
+    tiny = demo.TINY
+    width, height = tiny["width"], tiny["height"]
+    for node in api.values():
+        if node["class_type"] == "WanMoEUpscale":
+            inputs = node["inputs"]
+            if inputs["mode"] == "exact size":
+                width, height = inputs["width"], inputs["height"]
+            else:
+                width, height = round(width * inputs["scale"]), round(height * inputs["scale"])
+    (fps,) = [n["inputs"]["fps"] for n in api.values() if n["class_type"] == "CreateVideo"]
+    return tiny["length"], width, height, fps
+
+
+def test_every_workflow_has_an_api_twin_and_the_shipped_pair_is_there():
+    assert {p.stem for p in (WORKFLOWS / "api").glob("*.json")} == set(STEMS)
+    assert {"wan22_t2v_a14b_720p", "wan22_t2v_a14b_fp8_lowvram"} <= set(STEMS)
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_ui_workflow_converts_to_its_api_twin(comfy_client, stem):
+    ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
+    assert ui_to_api(ui, comfy_client.object_info()) == without_meta(api_twin(stem))
+
+
+def test_build_script_regenerates_every_workflow_byte_for_byte(tmp_path):
+    spec = importlib.util.spec_from_file_location("wanmoe_build_workflows", REPO_ROOT / "scripts" / "build_workflows.py")
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # its dataclasses look their module up there
+    spec.loader.exec_module(build)
+    written = build.write_all(tmp_path)
+    generated = sorted(str(p.relative_to(tmp_path)) for p in written)
+    shipped = sorted(str(p.relative_to(WORKFLOWS)) for p in [*WORKFLOWS.glob("*.json"), *WORKFLOWS.glob("api/*.json")])
+    assert generated == shipped
+    stale = [name for name in generated if (tmp_path / name).read_bytes() != (WORKFLOWS / name).read_bytes()]
+    assert stale == [], f"run scripts/build_workflows.py: these shipped files differ from what it writes: {stale}"
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server, comfy_client, stem):
+    import av
+
+    api = api_twin(stem)
+    ensure_tiny_models(comfy_server, workflow_model_files(stem))
+    outputs = comfy_client.run(demo.patch_to_tiny_size(api), timeout=300)
+    videos = [f for f in output_files(outputs) if f["filename"].endswith(".mp4")]
+    assert len(videos) == 1, f"{stem}: outputs {outputs}"
+    with av.open(str(comfy_server.output_path(videos[0]))) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(video=0))
+        fps = float(stream.average_rate)
+    frames_expected, width, height, fps_expected = expected_video(api)
+    assert (len(frames), frames[0].width, frames[0].height, fps) == (frames_expected, width, height, fps_expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_models_for_every_workflow(comfy_server) -> None:
+    """Before any page opens (the frontend reads the model lists when it loads): every file every workflow names."""
+    for stem in STEMS:
+        ensure_tiny_models(comfy_server, workflow_model_files(stem))
+
+
+def settled(page, quiet: float = 1.0, timeout: float = 15.0):
+    """The page once the frontend finished restoring the previous tab's workflow (Comfy.Workflow.Persist): that
+    restore runs its own loadGraphData, which would otherwise race ours (its Missing Models check and its graph)."""
+    deadline = time.monotonic() + timeout
+    state = lambda: page.page.evaluate("() => [window.app.graph._nodes.length, document.querySelectorAll('[role=dialog]').length]")
+    last, since = state(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.1)
+        now = state()
+        if now != last:
+            last, since = now, time.monotonic()
+    page.close_dialogs()
+    return page
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("stem", STEMS)
+def test_ui_workflow_opens_with_no_missing_nodes_models_or_errors(tiny_models_for_every_workflow, comfy_page,
+                                                                 artifact_dir, stem):
+    ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
+    report = settled(comfy_page).load_workflow(ui)
+    comfy_page.screenshot(artifact_dir / f"{stem}.png")
+    assert report.missing_node_types == []
+    assert report.missing_models_dialog is None, report.missing_models_dialog
+    assert report.dialogs == []
+    assert report.node_count == len(ui["nodes"])
+    assert relevant_console_errors(comfy_page.console_errors) == []
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("stem", STEMS)
+def test_frontend_queues_the_api_twin(tiny_models_for_every_workflow, comfy_page, stem):
+    # What the frontend itself would POST on Run (app.graphToPrompt), not only our converter's reading of it.
+    ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
+    settled(comfy_page).load_workflow(ui, settle=2.0)
+    queued = comfy_page.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    assert without_meta(queued) == without_meta(api_twin(stem))
