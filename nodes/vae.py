@@ -87,7 +87,7 @@ class WanMoEVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae: VAEHandle, image, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
-        problem = frames_problem(image.shape[0])
+        problem = frames_problem(image.shape[0], "the number of frames")
         if problem:
             raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
         latent = models.encode(vae.path, image, dtype=vae.dtype, device=compute_device(), tiling=tiling,

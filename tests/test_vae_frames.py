@@ -55,7 +55,7 @@ def test_auto_tiling_follows_free_memory(model, monkeypatch):
     untiled = model.decode(latent, on_frame=lambda d, t: calls.append(t))
     assert calls[-1] == 2  # plenty of RAM: one pass
     need = model.estimate_peak_bytes(6, 6)
-    monkeypatch.setattr(vae_mod, "free_memory_bytes", lambda device: need)
+    monkeypatch.setattr(vae_mod, "free_bytes", lambda device: need)
     calls.clear()
     tiled = model.decode(latent, tile_size=4, tile_overlap=2, on_frame=lambda d, t: calls.append(t))
     assert calls[-1] == 2 * 4  # 2x2 tiles, each through both latent frames

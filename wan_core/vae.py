@@ -13,7 +13,6 @@ feathered weights, so the peak is set by the tile size.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -21,7 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
+from .memory import free_bytes
 from .tiling import TileSpec, plan_tiles
+from .video_shapes import latent_frames, video_frames
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
 TEMPORAL_FACTOR = 4
@@ -33,30 +34,6 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_TILE = 32  # latent px (256 video px) when tiling is forced on without a size
 _AUTO_TILES = (64, 48, 40, 32, 24, 16, 12, 8)  # latent px, tried largest first when tiling by memory
-
-
-# ----------------------------------------------------------------------------------------------------------
-# frame-count rules
-
-
-def video_frames(latent_frames: int) -> int:
-    """Video frames decoded from `latent_frames` latent frames: 1 + 4 * (latent_frames - 1)."""
-    if latent_frames < 1:
-        raise ValueError(f"a Wan latent needs at least 1 frame, got {latent_frames}")
-    return 1 + TEMPORAL_FACTOR * (latent_frames - 1)
-
-
-def latent_frames(num_frames: int) -> int:
-    """Latent frames for a video of 4n+1 frames (n+1); other counts raise a ValueError naming the nearest valid ones."""
-    if num_frames >= 1 and (num_frames - 1) % TEMPORAL_FACTOR == 0:
-        return 1 + (num_frames - 1) // TEMPORAL_FACTOR
-    lower = max(1, 1 + (num_frames - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR)
-    upper = lower + TEMPORAL_FACTOR if num_frames > lower else 1
-    nearest = f"{lower} or {upper}" if upper != lower else f"{lower}"
-    raise ValueError(
-        f"The Wan VAE encodes videos of 4n+1 frames (1, 5, 9, ..., 81) into n+1 latent frames; got {num_frames} "
-        f"frames. Trim or pad the clip to {nearest} frames (nothing is dropped silently)."
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -311,21 +288,6 @@ class Decoder3d(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# memory
-
-
-def free_memory_bytes(device: torch.device | str) -> int:
-    """Memory free for new tensors on `device`: CUDA free + reserved-unused, else psutil's available RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # the model
 
 
@@ -448,7 +410,7 @@ class WanVAE(nn.Module):
             raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
         if tiling == "off":
             return None
-        budget = free_memory_bytes(self.device)
+        budget = free_bytes(self.device)
         # 0.7: the estimate leaves out allocator slack and CPU im2col buffers of narrow convs
         if tiling == "auto" and self.estimate_peak_bytes(height, width, batch=batch, decode=decode) <= 0.7 * budget:
             return None

@@ -8,12 +8,17 @@ PIXEL_MULTIPLE = VAE_STRIDE[1] * 2  # 8x VAE downsampling, then the DiT's 2x2 pa
 
 
 def latent_frames(frames: int) -> int:
-    """Latent frames of a 4n+1-frame video."""
+    """Latent frames of a 4n+1-frame video (n+1); other counts raise a ValueError naming the nearest valid ones."""
+    problem = frames_problem(frames, "a Wan2.1 VAE video")
+    if problem:
+        raise ValueError(f"{problem} (trim or pad the clip; nothing is dropped silently)")
     return (frames - 1) // VAE_STRIDE[0] + 1
 
 
 def video_frames(latent_frames_: int) -> int:
     """Frames a latent of `latent_frames_` frames decodes to (1 + 4 per further latent frame)."""
+    if latent_frames_ < 1:
+        raise ValueError(f"a Wan latent needs at least 1 frame, got {latent_frames_}")
     return 1 + VAE_STRIDE[0] * (latent_frames_ - 1)
 
 
@@ -28,12 +33,12 @@ def nearest_valid_frames(frames: int) -> list[int]:
     return [below] if below == frames else [below, below + 4]
 
 
-def frames_problem(frames: int) -> str | None:
-    """A user-facing message when `frames` is not 4n+1, else None."""
+def frames_problem(frames: int, what: str = "length") -> str | None:
+    """A user-facing message when `frames` is not 4n+1 (4n+1 video frames <-> n+1 latent frames), else None."""
     if frames >= 1 and (frames - 1) % VAE_STRIDE[0] == 0:
         return None
     options = " or ".join(str(n) for n in nearest_valid_frames(max(frames, 1)))
-    return f"length must be 4n+1 (1, 5, 9, ..., 81), got {frames}; try {options}"
+    return f"{what} must be 4n+1 frames (1, 5, 9, ..., 81), got {frames}; try {options}"
 
 
 def size_problem(width: int, height: int, frames: int, *, max_size: int = 4096, max_frames: int = 1025) -> str | None:
