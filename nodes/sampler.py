@@ -7,7 +7,7 @@ import logging
 from comfy_api.latest import io
 
 from ..wan_core import latent_format, models
-from ..wan_core.defaults import GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
+from ..wan_core.defaults import GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS, TEXT_LEN
 
 from .comfy_bridge import StepProgress, check_cancel, compute_device
 from .handles import ModelHandle, WanMoEModelType
@@ -17,17 +17,40 @@ SOLVERS = ["unipc", "dpm++", "euler"]
 log = logging.getLogger("ComfyUI-WanMoE")
 
 
+# Keys core conditioning nodes add that change how a prompt applies (area, mask, timestep range, hooks); this
+# sampler reads only the text tensor, so they are reported instead of silently doing nothing.
+_UNHONOURED_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "hooks", "set_area_to_bounds")
+
+
 def conditioning_embeddings(conditioning: list, label: str) -> list:
-    """The text embedding of each batch item from a CONDITIONING ([[cond [B, L, 4096], {...}], ...])."""
+    """The text embedding of each batch item from a CONDITIONING ([[cond [B, L, 4096], {...}], ...]).
+
+    The Wan2.2 DiT reads TEXT_LEN (512) tokens. Core CLIPTextEncode does not truncate long prompts and
+    ConditioningConcat joins two 512-token contexts, so longer contexts are cut to 512 tokens: exact when the
+    rows beyond are zero padding, otherwise those tokens are dropped with a warning (the official code truncates
+    the prompt to 512 tokens too).
+    """
     if not conditioning:
         raise ValueError(f"the {label} conditioning is empty; connect a Wan2.2 Text Encode or CLIPTextEncode (type wan)")
     if len(conditioning) > 1:
         log.warning("WanMoESampler: the %s conditioning has %d entries; only the first is used (combine prompts "
                     "in one text instead)", label, len(conditioning))
-    cond = conditioning[0][0]
+    cond, extra = conditioning[0][0], conditioning[0][1] if len(conditioning[0]) > 1 else {}
     if cond.ndim != 3:
         raise ValueError(f"the {label} conditioning has shape {tuple(cond.shape)}; expected [batch, tokens, 4096] "
                          "from umT5-XXL (a Wan text encoder)")
+    ignored = [k for k in _UNHONOURED_KEYS if isinstance(extra, dict) and extra.get(k) is not None]
+    if ignored:
+        log.warning("WanMoESampler: the %s conditioning sets %s; this sampler applies the prompt to the whole video "
+                    "at every step and ignores them", label, ", ".join(ignored))
+    if cond.shape[1] > TEXT_LEN:
+        tail = cond[:, TEXT_LEN:]
+        dropped = int((tail != 0).any(dim=-1).sum(dim=-1).max())
+        if dropped:
+            log.warning("WanMoESampler: the %s conditioning has %d tokens; Wan2.2 reads %d, so %d non-padding token(s) "
+                        "after token %d are dropped (a prompt longer than 512 umT5 tokens, or ConditioningConcat)",
+                        label, cond.shape[1], TEXT_LEN, dropped, TEXT_LEN)
+        cond = cond[:, :TEXT_LEN]
     return list(cond.unbind(0))
 
 
