@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..wan_core.upscale import FITS, RESAMPLES, upscale_video
-from ..wan_core.upscale_loader import cached_upscale_model
+from ..wan_core.upscale_loader import load_upscale_model, on_device
 
 from .model_files import file_choices, full_path, not_listed
 
@@ -40,7 +40,9 @@ class WanMoEUpscaleModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
-        return io.NodeOutput(cached_upscale_model(full_path(FOLDER, model_name)))
+        # ComfyUI's output cache reuses the descriptor while model_name is unchanged; on_device puts a copy on
+        # the GPU through the shared model cache when WanMoEUpscale runs.
+        return io.NodeOutput(load_upscale_model(full_path(FOLDER, model_name)))
 
 
 class WanMoEUpscale(io.ComfyNode):
@@ -108,14 +110,23 @@ class WanMoEUpscale(io.ComfyNode):
             bar.update_absolute(done, total)
             mm.throw_exception_if_processing_interrupted()
 
-        out = upscale_video(
-            images, upscale_model,
-            scale=scale if mode == "scale" else None,
-            target=(width, height) if mode == "exact size" else None,
-            fit=fit, resample=resample, sharpen=sharpen, stabilize=stabilize, color_fix=color_fix,
-            tile=tile_size or None, frame_batch=frame_batch or None,
-            device=mm.get_torch_device(), out_device=mm.intermediate_device(), progress=progress,
-        )
+        device = mm.get_torch_device()
+
+        def run(model):
+            return upscale_video(
+                images, model,
+                scale=scale if mode == "scale" else None,
+                target=(width, height) if mode == "exact size" else None,
+                fit=fit, resample=resample, sharpen=sharpen, stabilize=stabilize, color_fix=color_fix,
+                tile=tile_size or None, frame_batch=frame_batch or None,
+                device=device, out_device=mm.intermediate_device(), progress=progress,
+            )
+
+        if upscale_model is None:
+            out = run(None)
+        else:  # the network goes onto the device as a copy through the shared model cache (see upscale_loader)
+            with on_device(upscale_model, device) as model:
+                out = run(model)
         mm.soft_empty_cache()
         return io.NodeOutput(out)
 

@@ -196,16 +196,15 @@ def t2v_upscale_graph(*, target: tuple[int, int], upscale_model: str | None, not
     upscale_inputs: dict = {"images": (decode, 0)}
     loader = None
     if upscale_model is not None:
-        loader = Node(12, "UpscaleModelLoader", {"model_name": upscale_model}, pos=(1300, 280), size=(300, 80),
+        loader = Node(12, "UpscaleModelLoader", {"model_name": upscale_model}, pos=(1300, 270), size=(300, 80),
                       title="Load Upscale Model", models=(upscale_model,))
         upscale_inputs["upscale_model"] = (loader, 0)
     upscale_inputs |= {"mode": "exact size", "scale": 2.0, "width": target[0], "height": target[1], "fit": "crop",
                        "resample": "lanczos", "sharpen": 0.0 if loader else 0.3, "stabilize": 0.5, "color_fix": True,
                        "tile_size": 0, "frame_batch": 0}
     upscale = Node(11, "WanMoEUpscale", upscale_inputs, pos=(1640, 80), size=(340, 440))
-    tail = video_nodes((upscale, 0), prefix, x=2020)
-    tail[0].pos = (2020, 560)
-    tail[1].pos = (2020, 80)
+    tail = video_nodes((upscale, 0), prefix, x=1300)
+    tail[0].pos, tail[1].pos, tail[1].size = (1300, 400), (1300, 520), (320, 400)  # under the decode: all on screen
     nodes += ([loader] if loader else []) + [upscale] + tail
     note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
                 title="Model files")

@@ -198,7 +198,8 @@ def auto_tile_and_batch(
 # ----------------------------------------------------------------------------------------------- the clip
 
 
-def _model_device_dtype(model, device: torch.device) -> torch.dtype:
+def compute_dtype(model, device: torch.device) -> torch.dtype:
+    """The dtype an upscale model runs in on `device`: fp16 or bf16 on CUDA when it supports them, else fp32."""
     if device.type == "cuda" and getattr(model, "supports_half", False):
         return torch.float16
     if device.type == "cuda" and getattr(model, "supports_bfloat16", False):
@@ -261,7 +262,7 @@ def upscale_video(
     restore = None
     if model is not None:
         restore = (model.device, model.dtype)
-        model.to(device).to(_model_device_dtype(model, device))
+        model.to(device).to(compute_dtype(model, device))
     try:
         with torch.inference_mode():
             for start in range(0, n, batch):

@@ -2,19 +2,39 @@
 
 A loaded model is spandrel's `ImageModelDescriptor`, the same object ComfyUI's core `UPSCALE_MODEL` carries,
 so models from either loader are interchangeable.
+
+Memory: `on_device(descriptor, device)` runs a model through the shared model cache (wan_core.cache). The
+descriptor itself stays as loaded (on the CPU) and is never changed, because ComfyUI's output cache hands
+that same object to later runs and to other nodes (core 'Upscale Image (using Model)'); a cache that
+moved or discarded its module would leave them a broken model. The cache entry is a copy of the network
+made directly on the compute device in its compute dtype, keyed by the file the descriptor was read from
+(size and mtime as recorded when it was loaded; a descriptor from core's loader, whose file is unknown,
+by its identity while it lives). So the upscaler's VRAM is budgeted with the experts and the VAE, it is
+evicted first when they need room (least recently used), "Unload models" frees it, and the next run
+copies it again from the descriptor.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
-import threading
+import weakref
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
+import torch.nn as nn
 
-_lock = threading.Lock()
-_loaded: dict[tuple[str, float, int], object] = {}
-_MAX_KEPT = 2
+from .cache import CacheKey, ModelCache, get_cache
+from .checkpoint import file_identity
+from .upscale import compute_dtype
+
+log = logging.getLogger("wan_core.upscale_loader")
+KIND = "upscale_model"
+_SOURCE = "wanmoe_file_identity"  # attribute set on descriptors read by load_upscale_model: (path, size, mtime_ns)
+_KEY = "wanmoe_cache_identity"  # attribute caching a descriptor's cache identity
 
 
 class UpscaleModelError(ValueError):
@@ -66,8 +86,14 @@ def load_upscale_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_upscale_model(path: str | os.PathLike):
-    """Load an upscale model file into a spandrel ImageModelDescriptor (on the CPU, eval mode)."""
-    return _descriptor_from_state_dict(load_upscale_state_dict(path), Path(path).name)
+    """Load an upscale model file into a spandrel ImageModelDescriptor (on the CPU, eval mode).
+
+    The descriptor remembers the file's identity (path, size, mtime) as read, which keys its cache entries.
+    """
+    identity = file_identity(path)
+    descriptor = _descriptor_from_state_dict(load_upscale_state_dict(path), Path(path).name)
+    setattr(descriptor, _SOURCE, identity)
+    return descriptor
 
 
 def upscale_model_from_state_dict(state_dict: dict[str, torch.Tensor], name: str = "state dict"):
@@ -75,20 +101,77 @@ def upscale_model_from_state_dict(state_dict: dict[str, torch.Tensor], name: str
     return _descriptor_from_state_dict(state_dict, name)
 
 
-def cached_upscale_model(path: str | os.PathLike):
-    """`load_upscale_model`, reusing the descriptor while the file is unchanged (the last two files are kept)."""
-    # Not in wan_core.cache on purpose: its entries are nn.Modules it may drop or discard under memory
-    # pressure, while ComfyUI's output cache keeps handing the same UPSCALE_MODEL descriptor (which owns
-    # that module) to later runs. Upscale models are small (1-70 MB) and sit on the GPU only while
-    # upscale_video runs.
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_mtime, stat.st_size)
-    with _lock:
-        if key in _loaded:
-            return _loaded[key]
-    model = load_upscale_model(path)
-    with _lock:
-        while len(_loaded) >= _MAX_KEPT:
-            _loaded.pop(next(iter(_loaded)))
-        _loaded[key] = model
-    return model
+def file_of(descriptor) -> tuple | None:
+    """(path, size, mtime_ns) of the file `descriptor` was read from by load_upscale_model, else None."""
+    return getattr(descriptor, _SOURCE, None)
+
+
+def _identity(descriptor, cache: ModelCache) -> tuple:
+    """The cache identity of a descriptor's weights: its file, or (for core's descriptors) the object while it lives."""
+    identity = getattr(descriptor, _KEY, None)
+    if identity is None:
+        identity = file_of(descriptor)
+        if identity is None:
+            name = f"{descriptor.architecture.id} x{descriptor.scale} (in memory)"
+            identity = (name, id(descriptor.model))
+            # id() is reused once the object is gone: forget the copy with it, so no other model matches its key.
+            weakref.finalize(descriptor.model, _forget, cache, identity)
+        setattr(descriptor, _KEY, identity)
+    return identity
+
+
+def _key(identity: tuple, dtype: torch.dtype) -> CacheKey:
+    return CacheKey(KIND, identity, (("dtype", str(dtype).removeprefix("torch.")),))
+
+
+def _forget(cache: ModelCache, identity: tuple) -> None:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        try:
+            cache.drop(_key(identity, dtype))
+        except RuntimeError:  # in use by a run; that run's own reference keeps it valid
+            pass
+
+
+def device_copy(module: nn.Module, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """A copy of `module` with its floating tensors made directly on `device` in `dtype` (no second host copy)."""
+    memo: dict[int, object] = {}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(p.detach().to(device, dtype if p.is_floating_point() else p.dtype),
+                                   requires_grad=False)
+    for b in module.buffers():
+        memo[id(b)] = b.to(device, dtype if b.is_floating_point() else b.dtype)
+    return copy.deepcopy(module, memo).eval()
+
+
+def _weights_bytes(module: nn.Module, dtype: torch.dtype) -> int:
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size()) for t in tensors)
+
+
+def cache_key(descriptor, device: torch.device | str, *, cache: ModelCache | None = None) -> CacheKey:
+    """The shared-cache key `on_device` uses for `descriptor` on `device`."""
+    return _key(_identity(descriptor, cache or get_cache()), compute_dtype(descriptor, torch.device(device)))
+
+
+@contextmanager
+def on_device(descriptor, device: torch.device | str, *, cache: ModelCache | None = None) -> Iterator[object]:
+    """`with on_device(d, device) as model:` a descriptor like `d` whose network is a cached copy on `device`.
+
+    The copy is locked in the shared cache while the block runs and stays cached on `device` afterwards
+    (small; evicted least-recently-used when other models need the room, dropped by release_all, copied
+    again from `d` next time); `d` itself is left untouched. Raises the cache's NotEnoughMemoryError when it cannot fit.
+    """
+    cache = cache or get_cache()
+    device = torch.device(device)
+    dtype = compute_dtype(descriptor, device)
+    key = cache_key(descriptor, device, cache=cache)
+    size = _weights_bytes(descriptor.model, dtype)
+
+    def load(dev: torch.device) -> nn.Module:
+        log.info("%s: copying to %s (%.1f MiB) into the model cache", key.label, dev, size / 2**20)
+        return device_copy(descriptor.model, dev, dtype)
+
+    with cache.using(key, load, size_bytes=size, device=device, offload_after=False) as module:
+        view = copy.copy(descriptor)  # same architecture, scale, call function; the cached network
+        view._model = module  # noqa: SLF001 - spandrel keeps the network in _model (read through .model)
+        yield view
