@@ -37,7 +37,7 @@ CLEAN = ["A red sports car drives along a coastal road at sunset, waves crash on
          "一辆红色跑车在日落时沿着海岸公路行驶", "해질녘 해안 도로를 빨간 스포츠카가 달리고"]
 WEIGHTED = "A (red:1.5) sports car drives along a coastal road."  # core parses (text:weight); we keep the text
 HTML = "A cat &amp; a dog   walk  in the garden."  # we unescape HTML and squeeze whitespace (official clean); core does not
-LONG = " ".join(CORPUS_LINE for CORPUS_LINE in tiny.CORPUS[:10]) * 4  # well over 512 umT5 tokens
+LONG = " ".join(tiny.CORPUS[:10] * 4)  # well over 512 umT5 tokens
 PROMPTS = [*CLEAN, WEIGHTED, HTML, LONG]
 
 _COMFY_SIDE = r"""

@@ -122,6 +122,15 @@ def test_core_conditioning_concat_runs_reading_the_first_512_tokens(comfy_server
     assert "non-padding token(s) after token 512 are dropped" in comfy_server.log_text()
 
 
+def test_core_timestep_range_runs_and_is_reported_as_ignored(comfy_server, comfy_client, plain):
+    ranged = sampled(comfy_server, comfy_client, "timestep_range_positive",
+                     **{"7": {"class_type": "ConditioningSetTimestepRange",
+                              "inputs": {"conditioning": ["3", 0], "start": 0.0, "end": 0.5}},
+                        "6__positive": ["7", 0]})
+    assert torch.equal(ranged, plain)  # the prompt applies at every step; the user is told so
+    assert "sets start_percent, end_percent; this sampler applies the prompt" in comfy_server.log_text()
+
+
 # --- (c) our LATENT / IMAGE through core VAELoader + VAEDecode / VAEEncode -----------------------------------
 def decode_both_prompt() -> dict:
     """Sample, then decode with ours and core; save both 8-bit, a float difference mask, and both encodes."""
