@@ -137,7 +137,7 @@ def tiny_prompt(stem: str, prefix: str, **upscale) -> dict:
 
 
 def run_video(comfy_server, prompt: dict) -> tuple[dict, dict]:
-    """Run a prompt; (PyAV facts of the .mp4 it wrote, its history entry)."""
+    """Run a prompt; (PyAV facts of the .mp4 it wrote, its history entry with the outputs)."""
     import av
     import numpy as np
 
@@ -193,6 +193,25 @@ def test_core_loader_descriptor_survives_unload_models(comfy_server, tiny_files)
     assert upscaler_copies(comfy_server) == copies + 1, "released by Unload models, so copied again exactly once"
     for facts in (first, second, third):
         assert (facts["frames"], facts["size"]) == (demo.TINY["length"], TARGET)
+
+
+@pytest.mark.comfy
+def test_refine_pass_from_docs_runs_low_noise_steps_only(comfy_server, tiny_files):
+    # docs/upscale.md's refine pass: upscale -> VAE encode -> sampler (denoise 0.3, 40 steps, shift 12) -> decode.
+    prompt = tiny_prompt(PLAIN, "wanmoe_test/refine")
+    up_id = by_type(prompt, "WanMoEUpscale")[0]
+    model_id, text_id, vae_id = (by_type(prompt, t)[0] for t in ("WanMoEModelLoader", "WanMoETextEncode", "WanMoEVAELoader"))
+    tiling = {"tiling": "auto", "tile_size": 0, "tile_overlap": 0}
+    prompt["20"] = {"class_type": "WanMoEVAEEncode", "inputs": {"vae": [vae_id, 0], "image": [up_id, 0], **tiling}}
+    prompt["21"] = {"class_type": "WanMoESampler", "inputs": {
+        "model": [model_id, 0], "positive": [text_id, 0], "negative": [text_id, 1], "latent": ["20", 0], "seed": 7,
+        "steps": 40, "cfg_high": 4.0, "cfg_low": 3.0, "shift": 12.0, "sampler": "unipc", "denoise": 0.3}}
+    prompt["22"] = {"class_type": "WanMoEVAEDecode", "inputs": {"vae": [vae_id, 0], "samples": ["21", 0], **tiling}}
+    by_type(prompt, "CreateVideo")[1]["inputs"]["images"] = ["22", 0]
+    facts, history = run_video(comfy_server, prompt)
+    assert (facts["frames"], facts["size"], facts["fps"]) == (demo.TINY["length"], TARGET, 16.0)
+    assert history["outputs"]["21"]["text"] == [
+        "12 steps low-noise (t 837-235, cfg 3) [unipc, 12 of 40 steps, boundary t 875]"]
 
 
 # --- the UI files in Chromium -------------------------------------------------------------------------------
