@@ -14,6 +14,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from .memory import free_bytes
 from .temporal import TemporalStabilizer
 from .temporal import color_fix as match_colors
 from .tiling import tiled_apply
@@ -150,20 +151,6 @@ def unsharp_mask(x: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Te
 # ----------------------------------------------------------------------------------------------- memory planning
 
 
-def free_memory_bytes(device: torch.device | str) -> int:
-    """Memory free for work on `device`: CUDA free + reusable cache, or available system RAM."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        return 4 << 30
-
-
 def _feature_width(model) -> int:
     """Widest conv/linear output of the model (an activation-size proxy)."""
     widths = [p.shape[0] for p in model.model.parameters() if p.dim() >= 2]
@@ -176,7 +163,7 @@ def auto_tile_and_batch(
     """(tile or None for whole frames, frames per batch) that fit the free memory of `device` (or `budget` bytes)."""
     device = torch.device(device)
     if budget is None:
-        free = free_memory_bytes(device)
+        free = free_bytes(device)
         budget = int(free * 0.5) if device.type == "cuda" else min(int(free * 0.25), 2 << 30)
     if max_batch is None:
         max_batch = 16 if device.type == "cuda" else 4
