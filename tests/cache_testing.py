@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +146,16 @@ if __name__ == "__main__":
         _rss_main(sys.argv[2], int(sys.argv[3]))
     else:
         raise SystemExit("usage: cache_testing.py rss FOLDER BUDGET_BYTES")
+
+
+class Cancelled(Exception):
+    """Stands in for ComfyUI's interrupt."""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, especially on a shared machine (import it into a test module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

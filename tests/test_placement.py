@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cache_testing import TINY, expert_bytes, file_loader, inputs, run_moe, specs, write_experts
+from cache_testing import TINY, Cancelled, expert_bytes, file_loader, inputs, one_thread, run_moe, specs, write_experts  # noqa: F401
 from wan_core.cache import ModelCache
 from wan_core.experts import ResidentExperts
 from wan_core.memory import GiB, MemoryBudget, NotEnoughMemoryError
@@ -19,17 +19,6 @@ GPU = dict(device_is_cpu=False, device_name="cuda:0")
 A14B = 28 * GiB  # one bf16 expert, roughly
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, especially on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class Cancelled(Exception):
-    """Stands in for ComfyUI's interrupt."""
 
 
 # --- choosing a placement -------------------------------------------------------------------------------

@@ -13,20 +13,12 @@ from wan_core.placement import CachedExperts, dit_expert_spec
 from wan_core.sampler import sample_moe
 from wan_core.tiny.dit import TINY_DIT_CONFIG, random_state_dict, write_single_file
 
+from cache_testing import Cancelled, one_thread  # noqa: F401  (one_thread: autouse fixture)
+
 SHAPE = (1, 16, 1, 8, 8)
 RUN = dict(shape=SHAPE, seed=3, steps=4, device="cpu")
 
 
-class Cancelled(Exception):
-    """Stands in for ComfyUI's interrupt."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
