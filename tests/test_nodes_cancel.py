@@ -1,0 +1,72 @@
+"""Cancel during WanMoESampler in the real ComfyUI: the prompt stops within one transformer block, the history says
+it was interrupted, and the next prompt runs normally and gives the uninterrupted run's output (issue 8, issue 7)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from harness.client import PromptInterrupted, output_files
+from nodes_testing import node_id_of, status_messages, t2v_prompt, write_tiny_set
+
+pytestmark = pytest.mark.comfy
+
+LAYERS = 8  # transformer blocks per expert: a step-level check would overshoot by up to 8 blocks, a block-level by 1
+# 256x256, 13 frames -> 4 x 16 x 16 = 1024 tokens per latent: a block takes ~40-150 ms on a (loaded) 2-core CPU.
+RUN = {"width": 256, "height": 256, "length": 13, "steps": 3}
+REQUEST_SLACK = 0.1  # s: the /interrupt request and ComfyUI writing the interrupted status, on a busy machine
+
+
+@pytest.fixture(scope="module")
+def names(comfy_server) -> dict[str, str]:
+    return write_tiny_set(comfy_server, "cancel", dit_layers=LAYERS)
+
+
+def latent_of(comfy_server, outputs: dict):
+    (entry,) = [f for f in output_files(outputs) if f["filename"].endswith(".latent")]
+    return load_file(str(comfy_server.output_path(entry)))["latent_tensor"]
+
+
+def seconds(entry: dict, event: str) -> float:
+    return status_messages(entry)[event]["timestamp"] / 1000.0
+
+
+def test_cancel_stops_within_one_block_and_the_next_prompt_matches_an_uninterrupted_run(names, comfy_server,
+                                                                                       comfy_client):
+    prompt = lambda seed, prefix: t2v_prompt(names, **RUN, seed=seed, prefix=f"cancel/{prefix}", latent_only=True)
+    sampler = node_id_of(prompt(0, "x"), "WanMoESampler")
+    reference = latent_of(comfy_server, comfy_client.run(prompt(5, "reference"), timeout=300))  # loads, encodes
+
+    # The sampler's time per block, from a run where only the sampler (and SaveLatent) execute.
+    timed_id = comfy_client.queue(prompt(6, "timed"))
+    comfy_client.wait(timed_id, timeout=300)
+    timed = comfy_client.history(timed_id)
+    assert set(status_messages(timed)["execution_cached"]["nodes"]) >= {"1", "2", "3", "4"}
+    run_seconds = seconds(timed, "execution_success") - seconds(timed, "execution_start")
+    block_seconds = run_seconds / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
+
+    cancelled_id = comfy_client.queue(prompt(7, "cancelled"))
+    while comfy_client.queue_state()["running"] == 0 and comfy_client.history(cancelled_id) is None:
+        time.sleep(0.02)
+    time.sleep(0.4 * run_seconds)
+    interrupted_at = time.time()
+    comfy_client.interrupt(cancelled_id)
+    with pytest.raises(PromptInterrupted):
+        comfy_client.wait(cancelled_id, timeout=120)
+    entry = comfy_client.history(cancelled_id)
+    stopped = status_messages(entry)["execution_interrupted"]
+    assert (stopped["node_type"], stopped["node_id"]) == ("WanMoESampler", sampler)
+    assert entry["status"]["status_str"] == "error" and sampler not in stopped["executed"]
+    latency = stopped["timestamp"] / 1000.0 - interrupted_at
+    print(f"\nsampler run {run_seconds:.2f} s = {RUN['steps']} steps x {LAYERS} blocks -> <= {block_seconds * 1000:.0f} ms "
+          f"per block; interrupt -> prompt ended: {latency * 1000:.0f} ms ({latency / block_seconds:.2f} blocks)")
+    assert latency < 2 * block_seconds + REQUEST_SLACK, (f"interrupt took {latency:.3f} s to stop the prompt; one block takes at most "
+                                         f"{block_seconds:.3f} s (a step {block_seconds * LAYERS:.3f} s)")
+
+    after_id = comfy_client.queue(prompt(5, "after"))
+    after = latent_of(comfy_server, comfy_client.wait(after_id, timeout=300))
+    assert sampler not in status_messages(comfy_client.history(after_id))["execution_cached"]["nodes"]  # it ran again
+    assert after.shape == reference.shape == (1, 16, 4, 32, 32)
+    assert bool((after == reference).all())
