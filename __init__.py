@@ -8,3 +8,6 @@ if importlib.util.find_spec("comfy_api") is not None:
     from .nodes import comfy_entrypoint
 
     __all__ = ["comfy_entrypoint"]
+
+# Frontend extension (web/wanmoe.js): shows the sampler's expert-per-step summary in the node.
+WEB_DIRECTORY = "./web"

@@ -144,3 +144,18 @@ def loads_in(text: str) -> list[tuple[str, str]]:
 def status_messages(entry: dict) -> dict:
     """A history entry's status messages by event name (execution_start, execution_cached, ...)."""
     return {event: data for event, data in entry["status"]["messages"]}
+
+
+def settled(page, quiet: float = 1.0, timeout: float = 15.0):
+    """The page once the frontend finished restoring the previous tab's workflow (Comfy.Workflow.Persist): that
+    restore runs its own loadGraphData, which would otherwise race ours (its Missing Models check and its graph)."""
+    deadline = time.monotonic() + timeout
+    state = lambda: page.page.evaluate("() => [window.app.graph._nodes.length, document.querySelectorAll('[role=dialog]').length]")
+    last, since = state(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.1)
+        now = state()
+        if now != last:
+            last, since = now, time.monotonic()
+    page.close_dialogs()
+    return page

@@ -79,3 +79,41 @@ def test_sampler_reports_which_steps_ran_on_which_expert(tiny_720p_models, comfy
     assert summary.startswith("3 steps high-noise (t 999-") and ", 1 step low-noise (t " in summary
     assert summary.endswith(", cfg 3) [unipc, boundary t 875]")
     assert outputs[node_id_of(prompt, "WanMoESampler")] == {"text": [summary]}
+
+
+@pytest.mark.browser
+def test_sampler_node_shows_its_schedule_in_the_canvas(tiny_720p_models, comfy_page, artifact_dir):
+    # web/wanmoe.js: after a run queued from the canvas, the sampler node shows the summary in a read-only box.
+    import json
+    import time
+
+    from harness.browser import relevant_console_errors
+    from nodes_testing import WORKFLOWS, settled
+    from wan_core.schedule import build_schedule
+
+    ui = json.loads((WORKFLOWS / "wan22_t2v_a14b_720p.json").read_text())
+    settled(comfy_page).load_workflow(ui, settle=2.0)
+    sampler_id = next(n["id"] for n in ui["nodes"] if n["type"] == "WanMoESampler")
+    tiny = {**demo.TINY, "prefix": "nodes_run/canvas"}
+    comfy_page.page.evaluate("""async ([tiny]) => {
+        const set = (type, name, value) => {
+            const node = window.app.graph._nodes.find(n => n.type === type);
+            node.widgets.find(w => w.name === name).value = value;
+        };
+        for (const name of ["width", "height", "length"]) set("WanMoEEmptyLatent", name, tiny[name]);
+        set("WanMoESampler", "steps", tiny.steps);
+        set("WanMoESampler", "seed", 4321);
+        set("SaveVideo", "filename_prefix", tiny.prefix);
+        await window.app.queuePrompt(0, 1);
+    }""", [tiny])
+    read = f"() => window.app.graph.getNodeById({sampler_id}).widgets.find(w => w.name === 'expert_schedule')?.value"
+    deadline, shown = time.monotonic() + 120, None
+    while time.monotonic() < deadline and not shown:
+        time.sleep(0.25)
+        shown = comfy_page.page.evaluate(read)
+    comfy_page.screenshot(artifact_dir / "sampler_schedule.png")
+    assert shown == build_schedule(demo.TINY["steps"], 12.0, "unipc", boundary=0.875, cfg_high=4.0, cfg_low=3.0).summary()
+    saved = comfy_page.page.evaluate(f"() => window.app.graph.serialize().nodes.find(n => n.id === {sampler_id}).widgets_values")
+    shipped = next(n["widgets_values"] for n in ui["nodes"] if n["type"] == "WanMoESampler")
+    assert saved[:3] == [4321, "fixed", demo.TINY["steps"]] and len(saved) == len(shipped) == 8  # the box is not saved
+    assert relevant_console_errors(comfy_page.console_errors) == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
-import time
 
 import pytest
 
@@ -19,7 +18,7 @@ from harness.browser import relevant_console_errors
 from harness.client import output_files
 from harness.comfy_server import REPO_ROOT
 from harness.workflow_convert import ui_to_api
-from nodes_testing import UI_WORKFLOWS, WORKFLOWS, demo, ensure_tiny_models, workflow_model_files
+from nodes_testing import UI_WORKFLOWS, WORKFLOWS, demo, ensure_tiny_models, settled, workflow_model_files
 
 pytestmark = pytest.mark.comfy
 STEMS = [p.stem for p in UI_WORKFLOWS]
@@ -95,21 +94,6 @@ def tiny_models_for_every_workflow(comfy_server) -> None:
     """Before any page opens (the frontend reads the model lists when it loads): every file every workflow names."""
     for stem in STEMS:
         ensure_tiny_models(comfy_server, workflow_model_files(stem))
-
-
-def settled(page, quiet: float = 1.0, timeout: float = 15.0):
-    """The page once the frontend finished restoring the previous tab's workflow (Comfy.Workflow.Persist): that
-    restore runs its own loadGraphData, which would otherwise race ours (its Missing Models check and its graph)."""
-    deadline = time.monotonic() + timeout
-    state = lambda: page.page.evaluate("() => [window.app.graph._nodes.length, document.querySelectorAll('[role=dialog]').length]")
-    last, since = state(), time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - since < quiet:
-        time.sleep(0.1)
-        now = state()
-        if now != last:
-            last, since = now, time.monotonic()
-    page.close_dialogs()
-    return page
 
 
 @pytest.mark.browser
