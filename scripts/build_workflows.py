@@ -156,7 +156,7 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
                                         "latent": (latent, 0), "seed": 42, "steps": STEPS, "cfg_high": GUIDE_HIGH,
                                         "cfg_low": GUIDE_LOW, "shift": SHIFT, "sampler": "unipc", "denoise": 1.0},
                    pos=(920, 80), size=(340, 330))
-    vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(920, 460), size=(340, 90), models=(vae,))
+    vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(460, 830), size=(340, 90), models=(vae,))
     decode = Node(7, "WanMoEVAEDecode", {"vae": (vae_loader, 0), "samples": (sampler, 0), "tiling": "auto",
                                          "tile_size": 0, "tile_overlap": 0}, pos=(1300, 80), size=(300, 150))
     return [model, encoder, text, latent, sampler, vae_loader, decode]
