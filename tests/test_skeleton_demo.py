@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import sys
@@ -62,32 +61,17 @@ def test_patch_to_tiny_size_names_what_it_could_not_find():
         demo.patch_to_tiny_size(without_sampler)
 
 
-def demo_parts_exist() -> bool:
-    """True once the API workflow and all tiny writers (with the demo's writer function) are in the repo."""
-    if not demo.API_WORKFLOW.is_file():
-        return False
-    for module in demo.TINY_WRITER_MODULES.values():
-        source = REPO_ROOT / "wan_core" / "tiny" / f"{module}.py"
-        if not source.is_file():
-            return False
-        names = {n.name for n in ast.parse(source.read_text()).body if isinstance(n, ast.FunctionDef)}
-        if demo.TINY_WRITER_FUNCTION not in names:
-            return False
-    return True
+@pytest.mark.comfy
+def test_demo_path_makes_a_video_in_the_session_comfyui(comfy_server, tmp_path, monkeypatch):
+    # The same steps as `make demo`, on the session's ComfyUI (no second boot), writing into tmp_path.
+    monkeypatch.setattr(demo, "OUT_DIR", tmp_path)
+    workflow = json.loads(demo.API_WORKFLOW.read_text())
+    demo.write_tiny_checkpoints(comfy_server.models_dir, demo.referenced_model_files(workflow))
+    video = demo.run_workflow(comfy_server, demo.patch_to_tiny_size(workflow), timeout=600)
+    assert video.suffix == ".mp4" and video.stat().st_size > 0
+    import av
 
-
-if demo_parts_exist():
-    @pytest.mark.comfy
-    def test_demo_path_makes_a_video_in_the_session_comfyui(comfy_server, tmp_path, monkeypatch):
-        # The same steps as `make demo`, on the session's ComfyUI (no second boot), writing into tmp_path.
-        monkeypatch.setattr(demo, "OUT_DIR", tmp_path)
-        workflow = json.loads(demo.API_WORKFLOW.read_text())
-        demo.write_tiny_checkpoints(comfy_server.models_dir, demo.referenced_model_files(workflow))
-        video = demo.run_workflow(comfy_server, demo.patch_to_tiny_size(workflow), timeout=600)
-        assert video.suffix == ".mp4" and video.stat().st_size > 0
-        import av
-
-        with av.open(str(video)) as container:
-            frames = [f for f in container.decode(video=0)]
-        assert len(frames) == demo.TINY["length"]
-        assert (frames[0].width, frames[0].height) == (demo.TINY["width"], demo.TINY["height"])
+    with av.open(str(video)) as container:
+        frames = [f for f in container.decode(video=0)]
+    assert len(frames) == demo.TINY["length"]
+    assert (frames[0].width, frames[0].height) == (demo.TINY["width"], demo.TINY["height"])

@@ -26,6 +26,7 @@ FRONTEND_SETTINGS = {
     "Comfy.Release.Status": "skipped",
     "Comfy.Release.Timestamp": 4102444800000,
     "Comfy.Workflow.ShowMissingModelsWarning": True,  # the dialog tests look for
+    "Comfy.Workflow.Persist": False,  # a new tab must not restore (and race with) the previous tab's workflow
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Minimap.Visible": False,
     "Comfy.Toast.DisableReconnectingToast": True,
