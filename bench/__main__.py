@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import gpu_placement
+from . import gpu_placement, reference_cpu
 
-BENCHMARKS = {"gpu_placement": gpu_placement.main}
+BENCHMARKS = {"gpu_placement": gpu_placement.main, "reference_cpu": reference_cpu.main}
 
 
 def main(argv: list[str]) -> int:

@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the benchmark would run")
 def test_python_m_bench_skips_without_cuda():
-    done = subprocess.run([sys.executable, "-m", "bench"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "bench", "gpu_placement"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["== gpu_placement", "no CUDA device: skipped"]
 
