@@ -125,7 +125,7 @@ def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
             record["title"] = node.title
         ui_nodes.append(record)
     return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 40]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}}, "version": 0.4}
 
 
 def files_note(files: list[str], extra: str = "") -> str:

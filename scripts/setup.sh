@@ -18,7 +18,10 @@ pip_q() { "$VENV/bin/pip" "$@" 2> >(grep -v "is ignored: it is neither a file no
 
 stamp_inputs=$(cat requirements.txt pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
 STAMP="$VENV/.wanmoe-setup-$stamp_inputs"
-if [ -f "$STAMP" ] && [ -f "$COMFY_DIR/main.py" ] && { [ -n "${WANMOE_SKIP_CHROMIUM:-}" ] || [ -x /usr/bin/chromium ]; }; then
+# Chromium plus fonts for the canvas screenshots (a CJK font so the official Chinese negative prompt is readable).
+BROWSER_READY=/usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+browser_ready() { [ -n "${WANMOE_SKIP_CHROMIUM:-}" ] || { [ -x /usr/bin/chromium ] && [ -f "$BROWSER_READY" ]; }; }
+if [ -f "$STAMP" ] && [ -f "$COMFY_DIR/main.py" ] && browser_ready; then
   log "environment up to date ($VENV)"
   exit 0
 fi
@@ -73,11 +76,11 @@ log "installing ComfyUI's requirements (torchaudio left out: only audio nodes ne
 grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$' "$COMFY_DIR/requirements.txt" > "$CACHE/comfy-requirements.txt"
 "$PIP" install -q -r "$CACHE/comfy-requirements.txt" requests
 
-if [ -z "${WANMOE_SKIP_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
-  log "installing Debian's chromium for the canvas tests"
+if ! browser_ready; then
+  log "installing Debian's chromium and fonts for the canvas tests"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-dejavu-core fonts-wqy-microhei >/dev/null
 fi
 
 rm -f "$VENV"/.wanmoe-setup-*
