@@ -11,7 +11,6 @@ from wan_core.dit import DiTConfig, WanDiT
 from wan_core.dit_keys import official_to_diffusers
 from wan_core.tiny.dit import TINY_DIT_CONFIG, random_state_dict
 
-diffusers = pytest.importorskip("diffusers")
 from diffusers import WanTransformer3DModel  # noqa: E402
 from diffusers.models import embeddings as diffusers_embeddings  # noqa: E402
 

@@ -9,7 +9,6 @@ from wan_core.t5 import T5Config, T5Encoder, T5RelativeEmbedding, UMT5_XXL
 from wan_core.text_encoder import hf_to_official, official_to_hf
 from wan_core.tiny.t5 import TINY_T5, random_official_state
 
-transformers = pytest.importorskip("transformers")
 
 CFG = T5Config(vocab=1000, dim=32, dim_attn=32, dim_ffn=64, num_heads=4, num_layers=2)
 TOL = 1e-5  # reference §13: measured <= 1.6e-6 on this size
