@@ -11,7 +11,6 @@ import json
 import re
 import sys
 import time
-from pathlib import Path
 
 from harness.comfy_server import REPO_ROOT
 

@@ -117,7 +117,6 @@ def test_every_input_of_every_pack_node_has_a_tooltip(info):
 
 
 def test_text_encode_negative_defaults_to_the_official_negative_prompt(info):
-    from nodes_testing import demo  # noqa: F401  (puts the repo root on sys.path for wan_core)
     from wan_core.defaults import NEGATIVE_PROMPT
 
     assert info["WanMoETextEncode"]["input"]["required"]["negative"][1]["default"] == NEGATIVE_PROMPT

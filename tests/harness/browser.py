@@ -137,7 +137,7 @@ class CanvasPage:
         self.console_errors: list[str] = []
         page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
         page.on("pageerror", lambda err: self.console_errors.append(f"pageerror: {err}"))
-        page.add_init_script(f"localStorage.setItem('vueNodesBannerDismissed', 'true');")  # the Nodes 2.0 banner
+        page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');")  # the Nodes 2.0 banner
         page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
         page.wait_for_function(
             "() => window.app && window.app.graph && window.app.canvas && window.LiteGraph", timeout=timeout * 1000
