@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from .cache import CacheKey, get_cache
-from .checkpoint import open_checkpoint
+from .checkpoint import file_identity, open_checkpoint
 from .dit import activation_bytes
 from .placement import CachedExperts, dit_expert_spec
 from .prompt_cache import DEFAULT_CACHE
@@ -41,7 +42,13 @@ class _Holder(nn.Module):
 
 def _weight_bytes(path: str | os.PathLike, itemsize: int | None) -> int:
     """Bytes a file's weights take once loaded: as stored, or at `itemsize` bytes per element."""
-    ckpt = open_checkpoint(path)
+    return _weight_bytes_of(file_identity(path), itemsize)
+
+
+@lru_cache(maxsize=32)
+def _weight_bytes_of(identity: tuple[str, int, int], itemsize: int | None) -> int:
+    """`_weight_bytes` per file identity: the header (or a .pth's mmap) is read once, not at every decode."""
+    ckpt = open_checkpoint(identity[0])
     if itemsize is None:
         return ckpt.total_bytes()
     return sum(max(1, _numel(i.shape)) * itemsize for i in ckpt.infos.values())
