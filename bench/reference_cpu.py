@@ -36,19 +36,19 @@ if str(REPO_ROOT) not in sys.path:
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
 from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
 
-from wan_core.defaults import BOUNDARY, GUIDE_HIGH, GUIDE_LOW  # noqa: E402
-from wan_core.dit import DiTConfig, WanDiT  # noqa: E402
-from wan_core.dit_keys import diffusers_to_official, official_to_diffusers  # noqa: E402
-from wan_core.experts import ResidentExperts  # noqa: E402
-from wan_core.latent_format import denormalize  # noqa: E402
-from wan_core.memory import PeakRSS  # noqa: E402
-from wan_core.sampler import make_noise, sample_moe  # noqa: E402
-from wan_core.schedule import base_grid  # noqa: E402
-from wan_core.t5 import T5Config, T5Encoder  # noqa: E402
-from wan_core.text_encoder import hf_to_official, official_to_hf  # noqa: E402
-from wan_core.tiny import dit as tiny_dit, t5 as tiny_t5, vae as tiny_vae  # noqa: E402
-from wan_core.vae_loader import load_vae  # noqa: E402
-from wan_core.video_shapes import video_frames  # noqa: E402
+from wan_core.config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW  # noqa: E402
+from wan_core.dit.model import DiTConfig, WanDiT  # noqa: E402
+from wan_core.dit.keys import diffusers_to_official, official_to_diffusers  # noqa: E402
+from wan_core.sampling.experts import ResidentExperts  # noqa: E402
+from wan_core.vae.latent_format import denormalize  # noqa: E402
+from wan_core.testing.measure import PeakRSS  # noqa: E402
+from wan_core.sampling.sampler import make_noise, sample_moe  # noqa: E402
+from wan_core.sampling.schedule import base_grid  # noqa: E402
+from wan_core.text.t5 import T5Config, T5Encoder  # noqa: E402
+from wan_core.text.encoder import hf_to_official, official_to_hf  # noqa: E402
+from wan_core.testing.tiny import dit as tiny_dit, t5 as tiny_t5, vae as tiny_vae  # noqa: E402
+from wan_core.vae.loader import load_vae  # noqa: E402
+from wan_core.vae.shapes import video_frames  # noqa: E402
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 

@@ -13,7 +13,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from ..wan_core.preview import latent_to_rgb
+from ..wan_core.vae.preview import latent_to_rgb
 
 log = logging.getLogger("ComfyUI-WanMoE")
 # ComfyUI's own free_memory, kept before install_memory_hooks wraps it (our requests must not loop back to us).
@@ -96,7 +96,7 @@ def install_memory_hooks(release_all: Callable[[], None], free_device_bytes: Cal
 
 def connect_model_cache() -> None:
     """Both directions: our cache asks ComfyUI for room before loading; ComfyUI's unload/free reach our cache."""
-    from ..wan_core.cache import get_cache, release_all, set_free_memory_callback
+    from ..wan_core.memory.cache import get_cache, release_all, set_free_memory_callback
 
     set_free_memory_callback(free_comfy_memory)
     install_memory_hooks(release_all, lambda needed, device: get_cache().free(needed, device))

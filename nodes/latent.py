@@ -6,8 +6,8 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ..wan_core.defaults import FRAMES, HEIGHT, LATENT_CHANNELS, WIDTH
-from ..wan_core.video_shapes import latent_shape, size_problem
+from ..wan_core.config import FRAMES, HEIGHT, LATENT_CHANNELS, WIDTH
+from ..wan_core.vae.shapes import latent_shape, size_problem
 
 CATEGORY = "WanMoE"
 MAX_SIZE = 4096

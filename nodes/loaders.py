@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..wan_core.attention import available_attention
-from ..wan_core.defaults import BOUNDARY, COMFY_FILES
+from ..wan_core.dit.attention import available_attention
+from ..wan_core.config import BOUNDARY, COMFY_FILES
 
 from .handles import ModelHandle, TextEncoderHandle, VAEHandle, WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
 from .model_files import diffusion_model_choices, file_choices, full_path, not_listed

@@ -6,8 +6,10 @@ import logging
 
 from comfy_api.latest import io
 
-from ..wan_core import latent_format, models
-from ..wan_core.defaults import GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS, TEXT_LEN
+from ..wan_core.vae import latent_format
+
+from ..wan_core import api as models
+from ..wan_core.config import GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS, TEXT_LEN
 
 from .comfy_bridge import StepProgress, check_cancel, compute_device
 from .handles import ModelHandle, WanMoEModelType

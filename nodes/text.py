@@ -6,9 +6,9 @@ import logging
 
 from comfy_api.latest import io
 
-from ..wan_core import models
-from ..wan_core.defaults import NEGATIVE_PROMPT
-from ..wan_core.text_encoder import comfy_context
+from ..wan_core import api as models
+from ..wan_core.config import NEGATIVE_PROMPT
+from ..wan_core.text.encoder import comfy_context
 
 from .comfy_bridge import compute_device
 from .handles import TextEncoderHandle, WanMoETextEncoderType

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..wan_core.upscale import FITS, RESAMPLES, upscale_video
-from ..wan_core.upscale_loader import load_upscale_model, on_device
+from ..wan_core.upscale.pipeline import FITS, RESAMPLES, upscale_video
+from ..wan_core.upscale.loader import load_upscale_model, on_device
 
 from .model_files import file_choices, full_path, not_listed
 

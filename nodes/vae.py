@@ -5,8 +5,10 @@ from __future__ import annotations
 import comfy.utils
 from comfy_api.latest import io
 
-from ..wan_core import latent_format, models
-from ..wan_core.video_shapes import frames_problem
+from ..wan_core.vae import latent_format
+
+from ..wan_core import api as models
+from ..wan_core.vae.shapes import frames_problem
 
 from .comfy_bridge import check_cancel, compute_device
 from .handles import VAEHandle, WanMoEVAEType

@@ -1,6 +1,6 @@
 """Writes the shipped workflows (workflows/*.json): each graph once, as a UI file for the canvas and its API twin.
 
-One definition per graph keeps the pair in sync by construction; tests/test_workflows.py also converts each
+One definition per graph keeps the pair in sync by construction; tests/comfy/test_workflows.py also converts each
 UI file to API format with the real ComfyUI's /object_info and compares it with the twin.
 Run: .venv/bin/python scripts/build_workflows.py
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from wan_core.defaults import (  # noqa: E402
+from wan_core.config import (  # noqa: E402
     COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH,
 )
 

@@ -28,7 +28,7 @@ OUT_DIR = REPO_ROOT / "out"
 TINY = {"width": 64, "height": 48, "length": 5, "steps": 4}  # 5 frames -> 2 latent frames; 64x48 -> 8x6 latent; 4 steps at shift 12 = 3 high-noise + 1 low-noise
 # Which node inputs the tiny size goes to (class_type -> input names).
 TINY_INPUTS = {"WanMoEEmptyLatent": ("width", "height", "length"), "WanMoESampler": ("steps",)}
-# The engine's tiny writers (wan_core/tiny/<module>.py) and the function each must expose:
+# The engine's tiny writers (wan_core/testing/tiny/<module>.py) and the function each must expose:
 # write_comfy_file(path, role, fp8, seed) writing one tiny file in the layout ComfyUI users download.
 TINY_WRITER_MODULES = {"dit": "dit", "t5": "t5", "vae": "vae"}
 TINY_WRITER_FUNCTION = "write_comfy_file"
@@ -40,8 +40,8 @@ def say(message: str) -> None:
 
 
 def component_of(file_name: str) -> tuple[str, str, bool]:
-    """(writer module, role, fp8) for a public file name from wan_core.defaults.COMFY_FILES."""
-    from wan_core.defaults import COMFY_FILES
+    """(writer module, role, fp8) for a public file name from wan_core.config.COMFY_FILES."""
+    from wan_core.config import COMFY_FILES
 
     key = next((k for k, v in COMFY_FILES.items() if v == file_name), None)
     if key is None:
@@ -58,7 +58,7 @@ def model_folder(module: str) -> str:
 
 def referenced_model_files(workflow: dict) -> list[str]:
     """The public model file names an API workflow's nodes name in their inputs."""
-    from wan_core.defaults import COMFY_FILES
+    from wan_core.config import COMFY_FILES
 
     public = set(COMFY_FILES.values())
     inputs = (v for node in workflow.values() for v in node.get("inputs", {}).values())
@@ -67,7 +67,7 @@ def referenced_model_files(workflow: dict) -> list[str]:
 
 def tiny_writer(module: str):
     """The tiny writer function of a component: write_comfy_file(path, role, fp8, seed)."""
-    return getattr(importlib.import_module(f"wan_core.tiny.{TINY_WRITER_MODULES[module]}"), TINY_WRITER_FUNCTION)
+    return getattr(importlib.import_module(f"wan_core.testing.tiny.{TINY_WRITER_MODULES[module]}"), TINY_WRITER_FUNCTION)
 
 
 def write_tiny_checkpoints(models_dir: Path, file_names: list[str], seed: int = 0) -> list[Path]:

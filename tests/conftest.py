@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes `harness` importable whatever the import mode
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))  # `harness` and the *_testing helpers
 
 from harness.browser import FRONTEND_SETTINGS, Browser, CanvasPage  # noqa: E402
 from harness.client import ComfyClient  # noqa: E402

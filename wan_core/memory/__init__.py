@@ -1,0 +1,7 @@
+"""memory: how much memory there is and how the engine stays inside it.
+
+Owns: `budget` (measured free VRAM/RAM, budgets, byte accounting, NotEnoughMemoryError), `cache` (the one
+process-wide model cache every node shares), `offload` (all-or-nothing moves between pools, block
+streaming), `tiling` (overlapping tile plans with feathered blending, for the VAE and the upscaler).
+May import: `wan_core.io`, `wan_core.config`.
+"""

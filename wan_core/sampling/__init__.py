@@ -1,0 +1,7 @@
+"""sampling: the MoE sampling run: schedules, flow solvers, the loop over two experts, where the experts live.
+
+Owns: `schedule` (official sigma grids, shift, truncated timesteps, expert split), `solvers` (flow UniPC,
+DPM++ 2M, Euler), `sampler` (the official loop: expert per step, guidance per expert, noise, denoise),
+`experts` (the ExpertSource protocol), `placement` (resident / swap / stream through the model cache).
+May import: `wan_core.dit`, `wan_core.memory`, `wan_core.io`, `wan_core.config`.
+"""

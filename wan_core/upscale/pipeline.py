@@ -1,0 +1,287 @@
+"""Video super-resolution: a spandrel upscale model (tiled, frame-batched) or Lanczos/bicubic resampling, then
+temporal stabilisation and a colour fix, chunk by chunk into a preallocated output (memory independent of length).
+
+Pipeline per chunk of frames: source crop -> model (tiles with feathered overlaps) -> resample to the target
+content size -> optional unsharp mask -> stabiliser -> colour fix -> placed on the (padded) canvas.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..memory.budget import free_bytes
+from .temporal import TemporalStabilizer
+from .temporal import color_fix as match_colors
+from ..memory.tiling import tiled_apply
+
+Fit = Literal["crop", "pad", "stretch"]
+Resample = Literal["lanczos", "bicubic", "bilinear"]
+FITS = ("crop", "pad", "stretch")
+RESAMPLES = ("lanczos", "bicubic", "bilinear")
+ProgressFn = Callable[[int, int], None]
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the output comes from and goes: source crop box, content size, canvas size and content offset."""
+
+    src_box: tuple[int, int, int, int]  # x0, y0, x1, y1 in input pixels
+    content: tuple[int, int]  # width, height the source box is upscaled to
+    canvas: tuple[int, int]  # output width, height
+    offset: tuple[int, int]  # x, y of the content on the canvas (pad)
+
+
+def plan_geometry(
+    width: int, height: int, *, scale: float | None = None, target: tuple[int, int] | None = None, fit: Fit = "crop"
+) -> Geometry:
+    """Output geometry for a `width` x `height` input: by `scale`, or to `target` (w, h) fitted by crop, pad or stretch."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    full = (0, 0, width, height)
+    if target is None:
+        if scale is None or scale <= 0:
+            raise ValueError(f"give a positive scale factor or a target (width, height); got scale={scale}")
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return Geometry(full, size, size, (0, 0))
+    tw, th = int(target[0]), int(target[1])
+    if tw < 1 or th < 1:
+        raise ValueError(f"target size must be at least 1x1, got {tw}x{th}")
+    if fit == "stretch" or width * th == height * tw:
+        return Geometry(full, (tw, th), (tw, th), (0, 0))
+    wider = width * th > height * tw  # source is wider than the target's aspect
+    if fit == "crop":
+        if wider:
+            cw = max(1, round(height * tw / th))
+            x0 = (width - cw) // 2
+            return Geometry((x0, 0, x0 + cw, height), (tw, th), (tw, th), (0, 0))
+        ch = max(1, round(width * th / tw))
+        y0 = (height - ch) // 2
+        return Geometry((0, y0, width, y0 + ch), (tw, th), (tw, th), (0, 0))
+    if wider:
+        ch = max(1, round(tw * height / width))
+        return Geometry(full, (tw, ch), (tw, th), (0, (th - ch) // 2))
+    cw = max(1, round(th * width / height))
+    return Geometry(full, (cw, th), (tw, th), ((tw - cw) // 2, 0))
+
+
+# ----------------------------------------------------------------------------------------------- resampling
+
+
+def _lanczos3(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x.abs() < 3, torch.sinc(x) * torch.sinc(x / 3), torch.zeros_like(x))
+
+
+def _cubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _triangle(x: torch.Tensor) -> torch.Tensor:
+    return (1 - x.abs()).clamp(min=0)
+
+
+_KERNELS = {"lanczos": (_lanczos3, 3.0), "bicubic": (_cubic, 2.0), "bilinear": (_triangle, 1.0)}
+
+
+def _taps(n_in: int, n_out: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input indices and weights [n_out, taps] of a separable resampling (filter widened when shrinking)."""
+    kernel, support = _KERNELS[method]
+    ratio = n_in / n_out
+    stretch = max(1.0, ratio)
+    centers = (torch.arange(n_out, dtype=torch.float64) + 0.5) * ratio
+    reach = support * stretch
+    first = torch.floor(centers - reach + 0.5).long()
+    taps = int(math.ceil(reach)) * 2 + 1
+    idx = first[:, None] + torch.arange(taps)[None, :]
+    weights = kernel((idx.double() + 0.5 - centers[:, None]) / stretch)
+    weights = torch.where((idx >= 0) & (idx < n_in), weights, torch.zeros_like(weights))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    return idx.clamp(0, n_in - 1), weights.float()
+
+
+def _resample_last(x: torch.Tensor, n_out: int, method: str) -> torch.Tensor:
+    idx, weights = _taps(x.shape[-1], n_out, method)
+    idx, weights = idx.to(x.device), weights.to(x.device, x.dtype)
+    out = torch.zeros(*x.shape[:-1], n_out, dtype=x.dtype, device=x.device)
+    for k in range(idx.shape[1]):  # one tap at a time: temporaries stay the size of the output
+        out.add_(x.index_select(-1, idx[:, k]) * weights[:, k])
+    return out
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], method: Resample = "lanczos") -> torch.Tensor:
+    """Resample `x` [..., H, W] to `size` (h, w) with a separable Lanczos-3 / bicubic / bilinear filter (antialiased down)."""
+    if method not in RESAMPLES:
+        raise ValueError(f"resample must be one of {', '.join(RESAMPLES)}, got {method!r}")
+    h, w = size
+    if x.shape[-1] != w:
+        x = _resample_last(x, w, method)
+    if x.shape[-2] != h:
+        x = _resample_last(x.transpose(-1, -2), h, method).transpose(-1, -2)
+    return x
+
+
+def unsharp_mask(x: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Tensor:
+    """Unsharp mask: `x + amount * (x - gaussian_blur(x, sigma))` on [B, C, H, W]."""
+    if amount <= 0:
+        return x
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    g = torch.exp(-(t * t) / (2 * sigma * sigma))
+    g = (g / g.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
+    if pad < radius:
+        return x
+    blurred = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    blurred = F.conv2d(blurred, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    blurred = F.conv2d(blurred, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x + amount * (x - blurred)
+
+
+# ----------------------------------------------------------------------------------------------- memory planning
+
+
+def _feature_width(model) -> int:
+    """Widest conv/linear output of the model (an activation-size proxy)."""
+    widths = [p.shape[0] for p in model.model.parameters() if p.dim() >= 2]
+    return max(widths, default=64)
+
+
+def auto_tile_and_batch(
+    model, height: int, width: int, device: torch.device | str, *, budget: int | None = None, max_batch: int | None = None
+) -> tuple[int | None, int]:
+    """(tile or None for whole frames, frames per batch) that fit the free memory of `device` (or `budget` bytes)."""
+    device = torch.device(device)
+    if budget is None:
+        free = free_bytes(device)
+        budget = int(free * 0.5) if device.type == "cuda" else min(int(free * 0.25), 2 << 30)
+    if max_batch is None:
+        max_batch = 16 if device.type == "cuda" else 4
+    scale = model.scale if model is not None else 2
+    elem = 2 if device.type == "cuda" else 4
+    feat = _feature_width(model) if model is not None else 0
+    transformer = model is not None and any(k in type(model.model).__name__.lower() for k in ("swin", "former", "hat", "dat"))
+    # Bytes per input pixel: model activations (~8 live feature maps, more in upsampling layers) plus the
+    # float32 output-side buffers (model output, blend sums, resampling, stabiliser, colour fix).
+    per_px = elem * feat * (8 + 2 * scale * scale) * (4 if transformer else 1) + 4 * 3 * scale * scale * 12
+    pixels = max(1, budget // per_px)
+    frame_px = height * width
+    if pixels >= frame_px:
+        return None, int(max(1, min(max_batch, pixels // frame_px)))
+    tile = max(64, int(math.sqrt(pixels)) // 32 * 32)
+    return tile, 1
+
+
+# ----------------------------------------------------------------------------------------------- the clip
+
+
+def compute_dtype(model, device: torch.device) -> torch.dtype:
+    """The dtype an upscale model runs in on `device`: fp16 or bf16 on CUDA when it supports them, else fp32."""
+    if device.type == "cuda" and getattr(model, "supports_half", False):
+        return torch.float16
+    if device.type == "cuda" and getattr(model, "supports_bfloat16", False):
+        return torch.bfloat16
+    return torch.float32
+
+
+def upscale_video(
+    frames: torch.Tensor,
+    model=None,
+    *,
+    scale: float | None = None,
+    target: tuple[int, int] | None = None,
+    fit: Fit = "crop",
+    resample: Resample = "lanczos",
+    sharpen: float = 0.0,
+    tile: int | None = None,
+    overlap: int | None = None,
+    frame_batch: int | None = None,
+    stabilize: float = 0.5,
+    color_fix: bool = True,
+    device: torch.device | str | None = None,
+    out_device: torch.device | str | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Upscale a clip [F, H, W, 3] (0..1) by `scale` or to `target` (w, h); returns [F, H', W', 3] float32.
+
+    `model` is a spandrel ImageModelDescriptor (None: resampling only; `stabilize` then has nothing to do).
+    `tile`/`frame_batch` None = chosen from free memory. `progress(done_frames, total)` is called after each chunk and may raise to cancel.
+    """
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [F, H, W, 3] (ComfyUI IMAGE), got shape {tuple(frames.shape)}")
+    if not 0 <= stabilize <= 1:
+        raise ValueError(f"stabilize must be within 0..1, got {stabilize}")
+    n, h, w, _ = frames.shape
+    if scale is None and target is None:
+        scale = float(model.scale) if model is not None else 2.0
+    geo = plan_geometry(w, h, scale=scale, target=target, fit=fit)
+    x0, y0, x1, y1 = geo.src_box
+    cw, ch = geo.content
+    ow, oh = geo.canvas
+    device = torch.device(device) if device is not None else frames.device
+    out_device = torch.device(out_device) if out_device is not None else frames.device
+
+    sh, sw = y1 - y0, x1 - x0
+    auto_tile, auto_batch = auto_tile_and_batch(model, sh, sw, device) if (tile is None or frame_batch is None) else (None, 1)
+    tile = tile if tile else auto_tile
+    batch = max(1, frame_batch or auto_batch)
+    if model is not None and getattr(getattr(model, "tiling", None), "name", "") == "INTERNAL":
+        tile = None  # the model tiles itself or needs the whole frame
+    if tile is not None:
+        tile = max(8, int(tile))
+        overlap = min(max(0, overlap if overlap is not None else min(32, tile // 4)), tile - 1)
+
+    output = torch.zeros(n, oh, ow, 3, dtype=torch.float32, device=out_device)
+    # Resampling alone is linear and consistent from frame to frame: only a model's invented detail flickers.
+    stabilizer = TemporalStabilizer(stabilize) if stabilize > 0 and model is not None else None
+    cell = max(4, 4 * math.ceil(max(cw / sw, ch / sh)))
+
+    restore = None
+    if model is not None:
+        restore = (model.device, model.dtype)
+        model.to(device).to(compute_dtype(model, device))
+    try:
+        with torch.inference_mode():
+            for start in range(0, n, batch):
+                src = frames[start : start + batch, y0:y1, x0:x1].to(device, torch.float32).permute(0, 3, 1, 2)
+                if model is not None:
+                    up = _run_model(model, src, tile, overlap)
+                    up = resize(up, (ch, cw), resample) if up.shape[-2:] != (ch, cw) else up
+                else:
+                    up = resize(src, (ch, cw), resample)
+                up = unsharp_mask(up, sharpen)
+                if stabilizer is not None or color_fix:
+                    base = resize(src, (ch, cw), "bilinear")
+                    if stabilizer is not None:
+                        up = stabilizer(up, base, src)
+                    if color_fix:
+                        up = match_colors(up, base, cell=cell, target_mean=src.mean(dim=(-2, -1)))
+                up = up.clamp(0, 1).permute(0, 2, 3, 1)
+                ox, oy = geo.offset
+                output[start : start + up.shape[0], oy : oy + ch, ox : ox + cw] = up.to(out_device)
+                del src, up
+                if progress is not None:
+                    progress(min(n, start + batch), n)
+    finally:
+        if restore is not None:
+            model.to(restore[0]).to(restore[1])
+    return output
+
+
+def _run_model(model, src: torch.Tensor, tile: int | None, overlap: int | None) -> torch.Tensor:
+    """The model on a batch [B, 3, h, w]: whole frames, or tiles blended over the middle third of each overlap."""
+    x = src.to(model.dtype)
+    if tile is None:
+        return model(x).float()
+    overlap = overlap or 0
+    return tiled_apply(model, x, tile=tile, overlap=overlap, margin=overlap // 3, scale=model.scale, out_dtype=torch.float32)
