@@ -30,8 +30,9 @@ from wan_core.dit.model import DiTConfig, WanDiT  # noqa: E402
 from wan_core.memory.budget import MemoryBudget, NotEnoughMemoryError, gib  # noqa: E402
 from wan_core.testing.measure import PeakRSS  # noqa: E402
 from wan_core.memory.offload import tensor_slots, write_slot  # noqa: E402
-from wan_core.dit.model import activation_bytes  # noqa: E402
-from wan_core.sampling.placement import CachedExperts, ExpertSpec, stream_bytes_for  # noqa: E402
+from wan_core.dit.sizes import activation_bytes  # noqa: E402
+from wan_core.dit.sizes import stream_bytes_for  # noqa: E402
+from wan_core.sampling.placement import CachedExperts, ExpertSpec  # noqa: E402
 
 SKIP_MESSAGE = "no CUDA device: skipped"
 # Latent (frames, height, width) of 81 frames: 832x480 -> 32 760 tokens, 1280x720 -> 75 600 tokens.

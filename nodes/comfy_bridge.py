@@ -13,7 +13,7 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from ..wan_core.vae.preview import latent_to_rgb
+from ..wan_core import api
 
 log = logging.getLogger("ComfyUI-WanMoE")
 # ComfyUI's own free_memory, kept before install_memory_hooks wraps it (our requests must not loop back to us).
@@ -26,9 +26,33 @@ def compute_device() -> torch.device:
     return mm.get_torch_device()
 
 
+def intermediate_device() -> torch.device:
+    """Where ComfyUI keeps tensors between nodes (the CPU unless --gpu-only)."""
+    return mm.intermediate_device()
+
+
 def check_cancel() -> None:
     """Raise ComfyUI's interrupt exception when the user pressed Cancel (or /interrupt was posted)."""
     mm.throw_exception_if_processing_interrupted()
+
+
+def frame_progress(node_id: str | None, total: int | None = None) -> Callable[[int, int], None]:
+    """A callback (done, total) that moves a ComfyUI progress bar and honours Cancel (for frames, tiles, chunks)."""
+    check_cancel()
+    bar: list = [comfy.utils.ProgressBar(total, node_id=node_id)] if total else []
+
+    def update(done: int, total: int) -> None:
+        check_cancel()
+        if not bar:
+            bar.append(comfy.utils.ProgressBar(total, node_id=node_id))
+        bar[0].update_absolute(done, total)
+
+    return update
+
+
+def release_device_cache() -> None:
+    """Hand the device's unused cached blocks back (after a node that allocated a lot)."""
+    mm.soft_empty_cache()
 
 
 def preview_image(x0: torch.Tensor):
@@ -37,7 +61,7 @@ def preview_image(x0: torch.Tensor):
         from PIL import Image
     except ImportError:  # previews are a nicety; never fail a run for them
         return None
-    rgb = latent_to_rgb(x0)
+    rgb = api.latent_to_rgb(x0)
     return ("JPEG", Image.fromarray(rgb.numpy()), PREVIEW_MAX_SIZE)
 
 
@@ -96,7 +120,5 @@ def install_memory_hooks(release_all: Callable[[], None], free_device_bytes: Cal
 
 def connect_model_cache() -> None:
     """Both directions: our cache asks ComfyUI for room before loading; ComfyUI's unload/free reach our cache."""
-    from ..wan_core.memory.cache import get_cache, release_all, set_free_memory_callback
-
-    set_free_memory_callback(free_comfy_memory)
-    install_memory_hooks(release_all, lambda needed, device: get_cache().free(needed, device))
+    api.set_free_memory_callback(free_comfy_memory)
+    install_memory_hooks(api.release_models, api.free_device_memory)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import comfy.model_management
-import torch
 from comfy_api.latest import io
 
-from ..wan_core.config import FRAMES, HEIGHT, LATENT_CHANNELS, WIDTH
-from ..wan_core.vae.shapes import latent_shape, size_problem
+from ..wan_core import api
+from ..wan_core.config import FRAMES, HEIGHT, WIDTH
 
 CATEGORY = "WanMoE"
 MAX_SIZE = 4096
@@ -40,14 +39,12 @@ class WanMoEEmptyLatent(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, width: int, height: int, length: int) -> bool | str:
-        return size_problem(width, height, length, max_size=MAX_SIZE, max_frames=MAX_FRAMES) or True
+        return api.size_problem(width, height, length, max_size=MAX_SIZE, max_frames=MAX_FRAMES) or True
 
     @classmethod
     def execute(cls, width: int, height: int, length: int, batch_size: int = 1) -> io.NodeOutput:
-        shape = latent_shape(width, height, length, batch_size)
-        assert shape[1] == LATENT_CHANNELS
-        samples = torch.zeros(shape, device=comfy.model_management.intermediate_device())
-        return io.NodeOutput({"samples": samples})
+        return io.NodeOutput(api.empty_latent(width, height, length, batch_size,
+                                              device=comfy.model_management.intermediate_device()))
 
 
 NODES = [WanMoEEmptyLatent]

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..wan_core.dit.attention import available_attention
-from ..wan_core.config import BOUNDARY, COMFY_FILES
+from ..wan_core import api
+from ..wan_core.config import (BOUNDARY, COMFY_FILES, ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES,
+                               WEIGHT_DTYPE_OPTIONS)
 
-from .handles import ModelHandle, TextEncoderHandle, VAEHandle, WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
 from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
+from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
 
 CATEGORY = "WanMoE"
-WEIGHT_DTYPES = ["auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"]
-PLACEMENTS = ["auto", "resident", "swap", "stream"]
-ENCODER_DTYPES = ["auto", "bf16", "fp16", "fp32", "fp8_e4m3fn"]
-VAE_DTYPES = ["bf16", "fp16", "fp32"]
 
 
 def _default(choices: list[str], preferred: str) -> str:
@@ -40,14 +37,14 @@ class WanMoEModelLoader(io.ComfyNode):
                                        "a single file (fp16/bf16/fp8_scaled) or an official high_noise_model/ folder's index."),
                 io.Combo.Input("low_noise_model", options=low, default=_default(low, COMFY_FILES["low_fp16"]),
                                tooltip="Low-noise expert (runs below the boundary), from models/diffusion_models."),
-                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="auto",
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPE_OPTIONS), default="auto",
                                tooltip="Precision the weights are kept in. auto keeps each file's stored precision "
                                        "(scaled fp8 included); fp8 halves memory and is computed in bf16/fp16 layer by layer."),
-                io.Combo.Input("placement", options=PLACEMENTS, default="auto",
+                io.Combo.Input("placement", options=list(PLACEMENTS), default="auto",
                                tooltip="Where the experts live. auto picks from free VRAM/RAM: resident (both on the GPU), "
                                        "swap (one on the GPU at a time, swapped at the boundary step), stream (transformer "
                                        "blocks streamed to the GPU one by one, for GPUs that cannot hold one expert)."),
-                io.Combo.Input("attention", options=available_attention(), default="sdpa",
+                io.Combo.Input("attention", options=api.available_attention(), default="sdpa",
                                tooltip="Attention kernel. sdpa is PyTorch's scaled_dot_product_attention, which picks "
                                        "flash / memory-efficient kernels on a GPU."),
                 io.Float.Input("boundary", default=BOUNDARY, min=0.0, max=1.0, step=0.005,
@@ -69,13 +66,13 @@ class WanMoEModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
                 boundary: float) -> io.NodeOutput:
-        handle = ModelHandle(
+        request = api.ModelRequest(
             high_noise_path=full_path("diffusion_models", high_noise_model),
             low_noise_path=full_path("diffusion_models", low_noise_model),
             weight_dtype=weight_dtype, placement=placement, attention=attention, boundary=boundary,
             high_noise_name=high_noise_model, low_noise_name=low_noise_model,
         )
-        return io.NodeOutput(handle)
+        return io.NodeOutput(request)
 
 
 class WanMoETextEncoderLoader(io.ComfyNode):
@@ -93,10 +90,10 @@ class WanMoETextEncoderLoader(io.ComfyNode):
                 io.Combo.Input("text_encoder", options=choices, default=_default(choices, COMFY_FILES["t5_fp16"]),
                                tooltip="umT5-XXL weights from models/text_encoders: umt5_xxl_fp16.safetensors, "
                                        "umt5_xxl_fp8_e4m3fn_scaled.safetensors or the official models_t5_umt5-xxl-enc-bf16.pth."),
-                io.Combo.Input("device", options=["gpu", "cpu"], default="gpu",
+                io.Combo.Input("device", options=list(TEXT_DEVICES), default="gpu",
                                tooltip="Where the encoder runs. cpu saves about 11 GB of VRAM (bf16) at the cost of a "
                                        "slower encode; repeated prompts come from the cache either way."),
-                io.Combo.Input("dtype", options=ENCODER_DTYPES, default="auto",
+                io.Combo.Input("dtype", options=list(ENCODER_DTYPES), default="auto",
                                tooltip="Compute/storage precision; auto keeps the file's precision (bf16 on CPU for fp8 files)."),
             ],
             outputs=[WanMoETextEncoderType.Output(display_name="text_encoder")],
@@ -108,7 +105,7 @@ class WanMoETextEncoderLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, text_encoder: str, device: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(TextEncoderHandle(full_path("text_encoders", text_encoder), device, dtype, text_encoder))
+        return io.NodeOutput(api.TextEncoderRequest(full_path("text_encoders", text_encoder), device, dtype, text_encoder))
 
 
 class WanMoEVAELoader(io.ComfyNode):
@@ -125,7 +122,7 @@ class WanMoEVAELoader(io.ComfyNode):
                 io.Combo.Input("vae", options=choices, default=_default(choices, COMFY_FILES["vae"]),
                                tooltip="wan_2.1_vae.safetensors (Comfy-Org) or the official Wan2.1_VAE.pth, from models/vae. "
                                        "The Wan2.2 VAE (48 channels) belongs to the 5B model and does not fit A14B."),
-                io.Combo.Input("dtype", options=VAE_DTYPES, default="bf16",
+                io.Combo.Input("dtype", options=list(VAE_DTYPES), default="bf16",
                                tooltip="Compute precision of the VAE (the official code runs it in fp32; bf16 halves memory)."),
             ],
             outputs=[WanMoEVAEType.Output(display_name="vae")],
@@ -137,7 +134,7 @@ class WanMoEVAELoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae: str, dtype: str) -> io.NodeOutput:
-        return io.NodeOutput(VAEHandle(full_path("vae", vae), dtype, vae))
+        return io.NodeOutput(api.VAERequest(full_path("vae", vae), dtype, vae))
 
 
 NODES = [WanMoEModelLoader, WanMoETextEncoderLoader, WanMoEVAELoader]

@@ -6,20 +6,14 @@ import logging
 
 from comfy_api.latest import io
 
-from ..wan_core import api as models
+from ..wan_core import api
 from ..wan_core.config import NEGATIVE_PROMPT
-from ..wan_core.text.encoder import comfy_context
 
 from .comfy_bridge import compute_device
-from .handles import TextEncoderHandle, WanMoETextEncoderType
+from .sockets import WanMoETextEncoderType
 
 CATEGORY = "WanMoE"
 log = logging.getLogger("ComfyUI-WanMoE")
-
-
-def to_conditioning(embedding) -> list:
-    """Core's CONDITIONING layout for umT5: [[cond [1, 512, 4096] with zeroed padding, {"pooled_output": None}]]."""
-    return [[comfy_context(embedding), {"pooled_output": None}]]
 
 
 class WanMoETextEncode(io.ComfyNode):
@@ -46,15 +40,12 @@ class WanMoETextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, text_encoder: TextEncoderHandle, positive: str, negative: str) -> io.NodeOutput:
-        negative = negative if negative.strip() else NEGATIVE_PROMPT
-        result = models.encode_prompts(text_encoder.path, [positive, negative], device=text_encoder.device,
-                                       dtype=text_encoder.dtype, compute_device=compute_device())
+    def execute(cls, text_encoder: api.TextEncoderRequest, positive: str, negative: str) -> io.NodeOutput:
+        result = api.encode_prompts(text_encoder, positive, negative, compute_device=compute_device())
         for label, dropped in zip(("positive", "negative"), result.dropped):
             if dropped:
                 log.warning("WanMoETextEncode: the %s prompt is longer than 512 tokens; %d tokens were dropped", label, dropped)
-        pos, neg = result.embeddings
-        return io.NodeOutput(to_conditioning(pos), to_conditioning(neg))
+        return io.NodeOutput(result.positive, result.negative)
 
 
 NODES = [WanMoETextEncode]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
-from ..wan_core.upscale.pipeline import FITS, RESAMPLES, upscale_video
-from ..wan_core.upscale.loader import load_upscale_model, on_device
+from ..wan_core import api
+from ..wan_core.config import RESAMPLES, UPSCALE_FITS, UPSCALE_MODES
 
+from .comfy_bridge import compute_device, frame_progress, intermediate_device, release_device_cache
 from .model_files import file_choices, full_path, not_listed
 
 CATEGORY = "WanMoE"
 FOLDER = "upscale_models"
-MODES = ["scale", "exact size"]
 
 
 class WanMoEUpscaleModelLoader(io.ComfyNode):
@@ -42,7 +41,7 @@ class WanMoEUpscaleModelLoader(io.ComfyNode):
     def execute(cls, model_name: str) -> io.NodeOutput:
         # ComfyUI's output cache reuses the descriptor while model_name is unchanged; on_device puts a copy on
         # the GPU through the shared model cache when WanMoEUpscale runs.
-        return io.NodeOutput(load_upscale_model(full_path(FOLDER, model_name)))
+        return io.NodeOutput(api.load_upscale_model(full_path(FOLDER, model_name)))
 
 
 class WanMoEUpscale(io.ComfyNode):
@@ -62,7 +61,7 @@ class WanMoEUpscale(io.ComfyNode):
                 io.UpscaleModel.Input("upscale_model", optional=True,
                                       tooltip="Optional model from 'Load Upscale Model' or 'Wan2.2 Upscale Model Loader'. "
                                               "Without one the frames are resampled (see resample) and optionally sharpened."),
-                io.Combo.Input("mode", options=MODES, default="scale",
+                io.Combo.Input("mode", options=list(UPSCALE_MODES), default="scale",
                                tooltip="scale: multiply width and height by 'scale'. exact size: output exactly "
                                        "width x height, keeping the aspect ratio with 'fit'."),
                 io.Float.Input("scale", default=2.0, min=0.25, max=8.0, step=0.05,
@@ -72,7 +71,7 @@ class WanMoEUpscale(io.ComfyNode):
                              tooltip="Output width in 'exact size' mode (1280 for 720p, 1920 for 1080p)."),
                 io.Int.Input("height", default=720, min=16, max=16384, step=2,
                              tooltip="Output height in 'exact size' mode (720 for 720p, 1080 for 1080p)."),
-                io.Combo.Input("fit", options=list(FITS), default="crop",
+                io.Combo.Input("fit", options=list(UPSCALE_FITS), default="crop",
                                tooltip="How a different aspect ratio fits 'exact size': crop the input's centre, pad "
                                        "with black bars, or stretch."),
                 io.Combo.Input("resample", options=list(RESAMPLES), default="lanczos",
@@ -94,40 +93,21 @@ class WanMoEUpscale(io.ComfyNode):
                              tooltip="Frames per chunk sent to the device at once; 0 = chosen from free memory."),
             ],
             outputs=[io.Image.Output(display_name="images")],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, images: torch.Tensor, mode: str, scale: float, width: int, height: int, fit: str, resample: str,
+    def execute(cls, images, mode: str, scale: float, width: int, height: int, fit: str, resample: str,
                 sharpen: float, stabilize: float, color_fix: bool, tile_size: int, frame_batch: int,
                 upscale_model=None) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.utils
-
-        mm.throw_exception_if_processing_interrupted()
-        bar = comfy.utils.ProgressBar(images.shape[0])
-
-        def progress(done: int, total: int) -> None:
-            bar.update_absolute(done, total)
-            mm.throw_exception_if_processing_interrupted()
-
-        device = mm.get_torch_device()
-
-        def run(model):
-            return upscale_video(
-                images, model,
-                scale=scale if mode == "scale" else None,
-                target=(width, height) if mode == "exact size" else None,
-                fit=fit, resample=resample, sharpen=sharpen, stabilize=stabilize, color_fix=color_fix,
-                tile=tile_size or None, frame_batch=frame_batch or None,
-                device=device, out_device=mm.intermediate_device(), progress=progress,
-            )
-
-        if upscale_model is None:
-            out = run(None)
-        else:  # the network goes onto the device as a copy through the shared model cache (see upscale_loader)
-            with on_device(upscale_model, device) as model:
-                out = run(model)
-        mm.soft_empty_cache()
+        out = api.upscale(
+            images, upscale_model, device=compute_device(), out_device=intermediate_device(),
+            progress=frame_progress(cls.hidden.unique_id, images.shape[0]),
+            scale=scale if mode == "scale" else None, target=(width, height) if mode == "exact size" else None,
+            fit=fit, resample=resample, sharpen=sharpen, stabilize=stabilize, color_fix=color_fix,
+            tile=tile_size or None, frame_batch=frame_batch or None,
+        )
+        release_device_cache()
         return io.NodeOutput(out)
 
 

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import comfy.utils
 from comfy_api.latest import io
 
-from ..wan_core.vae import latent_format
+from ..wan_core import api
+from ..wan_core.config import TILING
 
-from ..wan_core import api as models
-from ..wan_core.vae.shapes import frames_problem
-
-from .comfy_bridge import check_cancel, compute_device
-from .handles import VAEHandle, WanMoEVAEType
+from .comfy_bridge import compute_device, frame_progress
+from .sockets import WanMoEVAEType
 
 CATEGORY = "WanMoE"
-TILING = ["auto", "on", "off"]
-
-
-def _frame_progress(node_id: str | None):
-    """A callback (done, total) that moves a ComfyUI progress bar and honours Cancel between frames."""
-    bar: list = []
-
-    def update(done: int, total: int) -> None:
-        check_cancel()
-        if not bar:
-            bar.append(comfy.utils.ProgressBar(total, node_id=node_id))
-        bar[0].update_absolute(done, total)
-
-    return update
 
 
 def _tiling_inputs() -> list:
     return [
-        io.Combo.Input("tiling", options=TILING, default="auto",
+        io.Combo.Input("tiling", options=list(TILING), default="auto",
                        tooltip="Spatial tiling bounds memory by the tile, not the frame. auto turns it on when the "
                                "untiled estimate exceeds the free memory of the device."),
         io.Int.Input("tile_size", default=0, min=0, max=4096, step=32,
@@ -62,10 +45,9 @@ class WanMoEVAEDecode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vae: VAEHandle, samples: dict, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
-        images = models.decode(vae.path, latent_format.normalize(samples["samples"]), dtype=vae.dtype,
-                               device=compute_device(), tiling=tiling, tile_px=tile_size or None,
-                               overlap_px=tile_overlap or None, on_frame=_frame_progress(cls.hidden.unique_id))
+    def execute(cls, vae: api.VAERequest, samples: dict, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
+        images = api.decode(vae, samples, device=compute_device(), tiling=tiling, tile_px=tile_size,
+                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id))
         return io.NodeOutput(images)
 
 
@@ -88,14 +70,10 @@ class WanMoEVAEEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, vae: VAEHandle, image, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
-        problem = frames_problem(image.shape[0], "the number of frames")
-        if problem:
-            raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
-        latent = models.encode(vae.path, image, dtype=vae.dtype, device=compute_device(), tiling=tiling,
-                               tile_px=tile_size or None, overlap_px=tile_overlap or None,
-                               on_frame=_frame_progress(cls.hidden.unique_id))
-        return io.NodeOutput({"samples": latent_format.denormalize(latent)})
+    def execute(cls, vae: api.VAERequest, image, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
+        latent = api.encode(vae, image, device=compute_device(), tiling=tiling, tile_px=tile_size,
+                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id))
+        return io.NodeOutput(latent)
 
 
 NODES = [WanMoEVAEDecode, WanMoEVAEEncode]

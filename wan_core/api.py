@@ -1,34 +1,52 @@
-"""The engine's front door for the nodes: files + settings in, results out, every model through the shared cache.
+"""The engine's front door: requests and ComfyUI's objects in, ComfyUI's objects out, every model through the cache.
 
-Data flows one way: files -> loaders -> cache -> engine -> nodes. Each function here names a file by path
-and says how it should run; the cache decides whether that means loading, reusing or moving weights.
+Data flows one way: files -> loaders -> cache -> engine -> this door -> nodes. Each function takes a request
+(`wan_core.requests`: files + settings) and ComfyUI's own objects (CONDITIONING, LATENT, IMAGE, the core
+UPSCALE_MODEL descriptor), converts them with `wan_core.interop`, and runs the engine; the cache decides
+whether that means loading, reusing or moving weights. Nodes import this module and `wan_core.config` only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from .memory.cache import CacheKey, get_cache
+from . import interop
+from .config import COMPUTE_DTYPES, NEGATIVE_PROMPT, TILING, choice
+from .dit.attention import available_attention
+from .dit.loader import inspect_dit
+from .dit.sizes import activation_bytes, token_count
 from .io.checkpoint import file_identity, open_checkpoint
-from .dit.model import activation_bytes
+from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
+from .requests import ModelRequest, TextEncoderRequest, VAERequest
 from .sampling.placement import CachedExperts, dit_expert_spec
-from .text.prompt_cache import DEFAULT_CACHE
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule
-from .text.encoder import EncodeResult, TextEncoder, encoder_identity, load_text_encoder
-from .vae.model import comfy_image_to_video, video_to_comfy_image
+from .text.encoder import TextEncoder, encoder_identity, load_text_encoder
+from .text.prompt_cache import DEFAULT_CACHE
+from .upscale.loader import load_upscale_model, on_device
+from .upscale.pipeline import upscale_video
 from .vae.loader import load_vae
+from .vae.preview import latent_to_rgb
+from .vae.shapes import frames_problem, latent_shape, size_problem
+
+__all__ = [
+    "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode", "empty_latent", "encode",
+    "encode_prompts", "frames_problem", "free_device_memory", "latent_to_rgb", "load_upscale_model", "plan_sampling",
+    "release_models", "sample", "set_free_memory_callback", "size_problem", "upscale",
+]
 
 log = logging.getLogger("wan_core.api")
 SPATIAL = 8  # VAE pixels per latent pixel
 
 StepCallback = Callable[[int, int, str, torch.Tensor], None]
+ProgressCallback = Callable[[int, int], None]
 
 
 class _Holder(nn.Module):
@@ -40,132 +58,159 @@ class _Holder(nn.Module):
         self.payload = payload
 
 
-def _weight_bytes(path: str | os.PathLike, itemsize: int | None) -> int:
-    """Bytes a file's weights take once loaded: as stored, or at `itemsize` bytes per element."""
-    return _weight_bytes_of(file_identity(path), itemsize)
-
-
 @lru_cache(maxsize=32)
-def _weight_bytes_of(identity: tuple[str, int, int], itemsize: int | None) -> int:
-    """`_weight_bytes` per file identity: the header (or a .pth's mmap) is read once, not at every decode."""
-    ckpt = open_checkpoint(identity[0])
-    if itemsize is None:
-        return ckpt.total_bytes()
-    return sum(max(1, _numel(i.shape)) * itemsize for i in ckpt.infos.values())
+def _file_weight_bytes(identity: tuple[str, int, int], itemsize: int | None) -> int:
+    """Bytes a file's weights take once loaded (as stored, or at `itemsize`): its header is read once per identity."""
+    return open_checkpoint(identity[0]).weight_bytes(itemsize)
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+def _weight_bytes(path: str | os.PathLike, dtype: torch.dtype | None) -> int:
+    return _file_weight_bytes(file_identity(path), dtype.itemsize if dtype is not None else None)
 
 
-# --- text ----------------------------------------------------------------------------------------------
-_ENCODER_ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8_e4m3fn": 1, "fp8": 1}
+# --- text -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """CONDITIONING of the positive and negative prompts, and how many tokens each lost to the 512-token limit."""
+
+    positive: list
+    negative: list
+    dropped: tuple[int, int]
 
 
-def encode_prompts(path: str | os.PathLike, prompts: list[str], *, device: str, dtype: str,
-                   compute_device: torch.device) -> EncodeResult:
-    """Embeddings of `prompts` ([L_i, 4096] float32 CPU each); the encoder loads/runs only for uncached prompts.
+_ENCODER_STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                           "fp8": torch.float8_e4m3fn}
 
-    `device` is "gpu" (the compute device) or "cpu"; on a GPU the encoder leaves it when done.
+
+def encode_prompts(request: TextEncoderRequest, positive: str, negative: str, *,
+                   compute_device: torch.device) -> EncodedPrompts:
+    """Both prompts as core CONDITIONING; an empty negative prompt becomes the official default, as official.
+
+    The encoder loads and runs only for prompts not in the prompt cache; on a GPU it leaves it when done.
     """
-    target = compute_device if device == "gpu" else torch.device("cpu")
-    encoder_dtype = "fp8" if dtype == "fp8_e4m3fn" else dtype
-    identity = encoder_identity(path, encoder_dtype)
-    key = CacheKey.for_file("text_encoder", path, dtype=encoder_dtype)
+    negative = negative if negative.strip() else NEGATIVE_PROMPT
+    target = compute_device if request.device == "gpu" else torch.device("cpu")
+    storage = request.storage
+    key = CacheKey.for_file("text_encoder", request.path, dtype=storage)
     cache = get_cache()
     held: list[_Holder] = []
 
     def load_encoder() -> TextEncoder:
         def load(dev: torch.device) -> nn.Module:
-            encoder = load_text_encoder(path, device=dev, dtype=encoder_dtype)
+            encoder = load_text_encoder(request.path, device=dev, dtype=storage)
             return _Holder(encoder.model, encoder)
 
-        holder = cache.get(key, load, size_bytes=_weight_bytes(path, _ENCODER_ITEMSIZE.get(encoder_dtype)),
+        holder = cache.get(key, load, size_bytes=_weight_bytes(request.path, _ENCODER_STORAGE_DTYPES.get(storage)),
                            device=target, lock=True)
         held.append(holder)
         return holder.payload
 
     try:
-        return DEFAULT_CACHE.encode_prompts(prompts, identity, load_encoder)
+        result = DEFAULT_CACHE.encode_prompts([positive, negative], encoder_identity(request.path, storage), load_encoder)
     finally:
         if held:
             cache.unlock(key)
             if target.type != "cpu":
                 cache.offload(key)
+    pos, neg = (interop.context_to_conditioning(e) for e in result.embeddings)
+    return EncodedPrompts(pos, neg, (result.dropped[0], result.dropped[1]))
 
 
-# --- sampling ------------------------------------------------------------------------------------------
-def schedule_for(*, steps: int, shift: float, solver: str, boundary: float, denoise: float, cfg_high: float,
-                 cfg_low: float) -> Schedule:
+# --- latents and sampling ---------------------------------------------------------------------------------
+def empty_latent(width: int, height: int, length: int, batch: int, *, device: torch.device | str) -> dict:
+    """A core LATENT of zeros for a video of width x height x length (4n+1 frames), as EmptyHunyuanLatentVideo."""
+    return interop.empty_latent(latent_shape(width, height, length, batch), device)
+
+
+def plan_sampling(model: ModelRequest, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
+                  cfg_low: float) -> Schedule:
     """The run's timesteps, expert per step and guidance, known before anything loads."""
-    return build_schedule(steps, shift, solver, boundary=boundary, cfg_high=cfg_high, cfg_low=cfg_low, denoise=denoise)
+    return build_schedule(steps, shift, solver, boundary=model.boundary, cfg_high=cfg_high, cfg_low=cfg_low,
+                          denoise=denoise)
 
 
-def experts_for(high_path: str, low_path: str, *, weight_dtype: str, placement: str, attention: str,
-                device: torch.device, tokens: int = 0, batch: int = 1) -> CachedExperts:
-    """The two experts as the sampler's ExpertSource, placed by `placement` (auto/resident/swap/stream)."""
-    high = dit_expert_spec(high_path, device=device, weight_dtype=weight_dtype, attention=attention)
-    low = dit_expert_spec(low_path, device=device, weight_dtype=weight_dtype, attention=attention)
-    config = _dit_config(high_path)
-    working = activation_bytes(config, tokens, batch) if tokens else 0
-    return CachedExperts(high, low, device=device, placement=placement, working_bytes=working)
+def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
+    """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
+    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention)
+             for path in (model.high_noise_path, model.low_noise_path)]
+    config = inspect_dit(model.high_noise_path).config
+    working = activation_bytes(config, token_count(config, latent), batch)
+    return CachedExperts(*specs, device=device, placement=model.placement, working_bytes=working)
 
 
-def _dit_config(path: str):
-    from .dit.loader import inspect_dit
-
-    return inspect_dit(path).config
-
-
-def sample(model, *, positive: list[torch.Tensor], negative: list[torch.Tensor], latent: torch.Tensor, seed: int,
-           schedule: Schedule, device: torch.device, callback: StepCallback | None = None,
-           check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
-    """Run the MoE sampler on normalised latents [B,16,T,H,W]; `model` names the experts (a loader node's handle)."""
-    b, _, t, h, w = latent.shape
-    tokens = t * (h // 2) * (w // 2)
-    experts = experts_for(model.high_noise_path, model.low_noise_path, weight_dtype=model.weight_dtype,
-                          placement=model.placement, attention=model.attention, device=device, tokens=tokens,
-                          batch=2 * b)
-    log.info("sampling %s with %s", tuple(latent.shape), experts.plan)
+def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative: list, latent: dict, seed: int,
+           device: torch.device, callback: StepCallback | None = None,
+           check_cancel: Callable[[], None] | None = None) -> dict:
+    """Run the MoE sampler from core CONDITIONING and LATENT; returns the sampled LATENT (its other keys kept)."""
+    start = interop.latent_from_comfy(latent)
+    experts = _experts(model, device=device, latent=tuple(start.shape), batch=2 * start.shape[0])
+    log.info("sampling %s with %s", tuple(start.shape), experts.plan)
     try:
-        return sample_schedule(experts, schedule, positive, negative, latent=latent, seed=seed, callback=callback,
-                               check_cancel=check_cancel, device=device)
+        result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(positive, "positive"),
+                                 interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
+                                 callback=callback, check_cancel=check_cancel, device=device)
     finally:
         log.info("%s", get_cache().status())
+    return interop.latent_to_comfy(result, latent)
 
 
-# --- VAE -----------------------------------------------------------------------------------------------
-_VAE_DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
-
-
-def _vae(path: str, dtype: str, device: torch.device):
-    key = CacheKey.for_file("vae", path, dtype=dtype)
-    return get_cache().using(key, lambda dev: load_vae(path, device=dev, dtype=dtype),
-                             size_bytes=_weight_bytes(path, _VAE_DTYPES.get(dtype)), device=device,
+# --- VAE --------------------------------------------------------------------------------------------------
+def _vae(request: VAERequest, device: torch.device):
+    key = CacheKey.for_file("vae", request.path, dtype=request.dtype)
+    return get_cache().using(key, lambda dev: load_vae(request.path, device=dev, dtype=request.dtype),
+                             size_bytes=_weight_bytes(request.path, COMPUTE_DTYPES[request.dtype]), device=device,
                              offload_after=device.type != "cpu")
 
 
-def _tile_args(tile_px: int | None, overlap_px: int | None) -> dict:
-    return {"tile_size": tile_px // SPATIAL if tile_px else None,
+def _tile_args(tiling: str, tile_px: int, overlap_px: int) -> dict:
+    """The VAE's tiling arguments (latent px) from the node's (image px, 0 = automatic)."""
+    return {"tiling": choice("tiling", tiling, TILING), "tile_size": tile_px // SPATIAL if tile_px else None,
             "tile_overlap": overlap_px // SPATIAL if overlap_px else None}
 
 
-def decode(path: str, latent: torch.Tensor, *, dtype: str, device: torch.device, tiling: str = "auto",
-           tile_px: int | None = None, overlap_px: int | None = None,
-           on_frame: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Normalised latent [B,16,T,h,w] -> core IMAGE [B*F, 8h, 8w, 3] in 0..1 (tile sizes in pixels)."""
-    with _vae(path, dtype, device) as vae:
-        video = vae.decode(latent.to(device), tiling=tiling, on_frame=on_frame, **_tile_args(tile_px, overlap_px))
-    return video_to_comfy_image(video)
+def decode(request: VAERequest, latent: dict, *, device: torch.device, tiling: str = "auto", tile_px: int = 0,
+           overlap_px: int = 0, on_frame: ProgressCallback | None = None) -> torch.Tensor:
+    """Core LATENT -> core IMAGE [B*F, 8h, 8w, 3] in 0..1 (tile sizes in image pixels, 0 = automatic)."""
+    normalised = interop.latent_from_comfy(latent)
+    with _vae(request, device) as vae:
+        video = vae.decode(normalised.to(device), on_frame=on_frame, **_tile_args(tiling, tile_px, overlap_px))
+    return interop.video_to_image(video)
 
 
-def encode(path: str, images: torch.Tensor, *, dtype: str, device: torch.device, tiling: str = "auto",
-           tile_px: int | None = None, overlap_px: int | None = None,
-           on_frame: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Core IMAGE [F,H,W,3] in 0..1 (F = 4n+1) -> normalised latent [1,16,n+1,H/8,W/8]."""
-    with _vae(path, dtype, device) as vae:
-        return vae.encode(comfy_image_to_video(images).to(device), tiling=tiling, on_frame=on_frame,
-                          **_tile_args(tile_px, overlap_px))
+def encode(request: VAERequest, images: torch.Tensor, *, device: torch.device, tiling: str = "auto",
+           tile_px: int = 0, overlap_px: int = 0, on_frame: ProgressCallback | None = None) -> dict:
+    """Core IMAGE [F,H,W,3] in 0..1 (F = 4n+1) -> core LATENT of [1,16,n+1,H/8,W/8]."""
+    problem = frames_problem(images.shape[0], "the number of frames")
+    if problem:
+        raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
+    with _vae(request, device) as vae:
+        latent = vae.encode(interop.image_to_video(images).to(device), on_frame=on_frame,
+                            **_tile_args(tiling, tile_px, overlap_px))
+    return interop.latent_to_comfy(latent)
+
+
+# --- upscaling --------------------------------------------------------------------------------------------
+def upscale(images: torch.Tensor, upscale_model=None, *, device: torch.device, out_device: torch.device,
+            progress: ProgressCallback | None = None, **settings) -> torch.Tensor:
+    """Upscale a core IMAGE clip (see `upscale.pipeline.upscale_video` for `settings`); a model descriptor (core's
+    UPSCALE_MODEL) runs as a cached copy on `device`, the descriptor itself untouched."""
+    if upscale_model is None:
+        return upscale_video(images, None, device=device, out_device=out_device, progress=progress, **settings)
+    with on_device(upscale_model, device) as model:
+        return upscale_video(images, model, device=device, out_device=out_device, progress=progress, **settings)
+
+
+# --- memory cooperation with the host ---------------------------------------------------------------------
+def release_models() -> int:
+    """Drop every cached model not in use (the host's "Unload models"); returns bytes freed."""
+    return get_cache().release_all()
+
+
+def free_device_memory(bytes_needed: int, device: torch.device) -> int:
+    """Evict cached models from `device` until `bytes_needed` are free there (the host needs room)."""
+    return get_cache().free(bytes_needed, device)
+
+
+def set_free_memory_callback(fn: FreeMemoryCallback | None) -> None:
+    """Register `fn(bytes, device)`, asked to free host-owned memory before our weights go onto a device."""
+    get_cache().set_free_memory_callback(fn)

@@ -1,6 +1,14 @@
-"""Official Wan2.2-T2V-A14B sampling defaults (Wan-Video/Wan2.2 wan/configs/wan_t2v_A14B.py, shared_config.py)."""
+"""The engine's constants in one place: the official Wan2.2-T2V-A14B defaults, the public file names, and every
+option table a setting is chosen from (nodes build their dropdowns from these; the engine validates with `choice`).
+
+Defaults: Wan-Video/Wan2.2 wan/configs/wan_t2v_A14B.py and shared_config.py. Imports nothing of the engine.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
+
+import torch
 
 STEPS = 40
 SHIFT = 12.0
@@ -29,3 +37,33 @@ COMFY_FILES = {
     "t5_fp8": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
     "vae": "wan_2.1_vae.safetensors",
 }
+
+
+# --- option tables ------------------------------------------------------------------------------------------
+# DiT weight storage: "auto" keeps each file's stored precision (scaled fp8 included).
+WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+    "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2,
+}
+WEIGHT_DTYPE_OPTIONS = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2")  # offered in the loader node
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PLACEMENTS = ("auto", "resident", "swap", "stream")
+SOLVERS = ("unipc", "dpm++", "euler")
+CFG_BATCH_MODES = ("auto", "on", "off")
+# Text encoder: where it runs, and its precision (fp8_e4m3fn keeps scaled fp8 storage, computed in bf16).
+TEXT_DEVICES = ("gpu", "cpu")
+ENCODER_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8_e4m3fn")
+ENCODER_STORAGE = ("auto", "fp32", "bf16", "fp16", "fp8")  # the engine's names (fp8: scaled e4m3fn, bf16 compute)
+VAE_DTYPES = ("bf16", "fp16", "fp32")
+TILING = ("auto", "on", "off")
+# Upscaler: how a different aspect ratio fits an exact size, and the resampling filters.
+UPSCALE_MODES = ("scale", "exact size")
+UPSCALE_FITS = ("crop", "pad", "stretch")
+RESAMPLES = ("lanczos", "bicubic", "bilinear")
+
+
+def choice(name: str, value: str, options: Sequence[str]) -> str:
+    """`value` if it is one of `options`; else a ValueError naming the setting, the value and the options."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
+    return value

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from wan_core.text.t5 import T5Config
-from wan_core.text.encoder import comfy_context, load_text_encoder
+from wan_core.interop import comfy_context
+from wan_core.text.encoder import load_text_encoder
 from wan_core.testing.tiny import t5 as tiny
 
 SMALL = T5Config(vocab=tiny.SPM_VOCAB, dim=64, dim_attn=32, dim_ffn=48, num_heads=4, num_layers=2)

@@ -74,7 +74,7 @@ def expert_bytes(config: DiTConfig) -> int:
 def specs(high: Path, low: Path, config: DiTConfig, counter: list | None = None, **settings) -> tuple[ExpertSpec, ExpertSpec]:
     """ExpertSpecs for two expert files (keys from file identity and `settings`)."""
     size = expert_bytes(config)
-    from wan_core.sampling.placement import stream_bytes_for
+    from wan_core.dit.sizes import stream_bytes_for
 
     stream = stream_bytes_for(config, 4)
     return tuple(ExpertSpec(CacheKey.for_file("dit", p, **settings), file_loader(p, config, counter), size, stream)

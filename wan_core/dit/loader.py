@@ -14,23 +14,20 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 import torch.nn as nn
 
-from ..io.checkpoint import INDEX_SUFFIX, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
+from ..config import COMPUTE_DTYPES, WEIGHT_DTYPES
+from ..io.checkpoint import INDEX_SUFFIX, Checkpoint, CheckpointError, TensorInfo, file_identity, open_checkpoint
 from .model import DiTConfig, WanDiT
 from .keys import diffusers_to_official, is_diffusers_layout
 from ..io.quant import FP8_DTYPES, Fp8Layout, describe_fp8, swap_in_fp8_linears
 
 PREFIXES = ("model.diffusion_model.", "model.")
-WEIGHT_DTYPES = {
-    "auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-    "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2,
-}
-_COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
 _EXPECTED = ("Expected a Wan2.2-T2V-A14B expert: an official high_noise_model/ or low_noise_model/ folder, or a "
              "file such as wan2.2_t2v_high_noise_14B_fp16.safetensors / ..._fp8_scaled.safetensors in "
@@ -161,15 +158,25 @@ def _open(path: str | Path) -> _Opened:
 
 
 def inspect_dit(path: str | Path) -> DiTInfo:
-    """Configuration, layout, fp8 format and sizes of a DiT checkpoint, from headers only."""
-    opened = _open(path)
+    """Configuration, layout, fp8 format and sizes of a DiT checkpoint, from headers only (read once per file identity)."""
+    try:
+        identity = file_identity(path)
+    except OSError:  # missing or unreadable: let the checkpoint reader say so in its own words
+        open_checkpoint(path)
+        raise
+    return _inspect(identity)
+
+
+@lru_cache(maxsize=32)
+def _inspect(identity: tuple) -> DiTInfo:
+    opened = _open(identity[0])
     ckpt = opened.ckpt
     config = config_from_tensors(ckpt, ckpt.path)
     by_dtype: dict[torch.dtype, int] = {}
     for info in ckpt.infos.values():
         by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + math.prod(info.shape) * info.dtype.itemsize
     stored = max(by_dtype, key=by_dtype.get)
-    return DiTInfo(config, opened.layout, opened.fp8.format if opened.fp8 else None, stored, ckpt.total_bytes(),
+    return DiTInfo(config, opened.layout, opened.fp8.format if opened.fp8 else None, stored, ckpt.weight_bytes(),
                    Path(ckpt.path))
 
 
@@ -348,9 +355,9 @@ def _resolve_dtypes(weight_dtype: str, compute_dtype: torch.dtype | str | None, 
     if compute_dtype is None:
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(compute_dtype, str):
-        if compute_dtype not in _COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype '{compute_dtype}' is not one of {', '.join(_COMPUTE_DTYPES)}")
-        compute = _COMPUTE_DTYPES[compute_dtype]
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype '{compute_dtype}' is not one of {', '.join(COMPUTE_DTYPES)}")
+        compute = COMPUTE_DTYPES[compute_dtype]
     else:
         compute = compute_dtype
     return WEIGHT_DTYPES[weight_dtype], compute

@@ -57,15 +57,6 @@ class DiTConfig:
         return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 
-def activation_bytes(config: DiTConfig, tokens: int, batch: int = 1) -> int:
-    """Rough peak activation bytes of one forward besides the weights (bench/gpu_placement.py measures the real one).
-
-    About eight float32 copies of the token stream (residual, norms, q/k/v, float64 RoPE) plus the FFN
-    hidden layer twice in a 2-byte compute dtype.
-    """
-    return int(tokens * batch * (config.dim * 4 * 8 + config.ffn_dim * 2 * 2))
-
-
 class Linear(nn.Linear):
     """nn.Linear that computes in `compute_dtype` whatever dtype its weights are stored in."""
 

@@ -96,9 +96,11 @@ class Checkpoint:
                 readers[new] = self._readers[key]
         return Checkpoint(self.path, infos, readers, self.metadata, self.config, self.prefix)
 
-    def total_bytes(self) -> int:
-        """Bytes the stored tensors take (what a full load at the stored dtype costs)."""
-        return sum(_numel(i.shape) * _itemsize(i.dtype) for i in self.infos.values())
+    def weight_bytes(self, itemsize: int | None = None) -> int:
+        """Bytes the tensors take once loaded: as stored, or at `itemsize` bytes per element (at least one byte each)."""
+        if itemsize is None:
+            return sum(_numel(i.shape) * _itemsize(i.dtype) for i in self.infos.values())
+        return sum(max(1, _numel(i.shape)) * itemsize for i in self.infos.values())
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -17,20 +17,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from ..config import PLACEMENTS, WEIGHT_DTYPES
+from ..dit.loader import inspect_dit, load_dit
+from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
+from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..memory.cache import CacheKey, Loader, ModelCache, get_cache
 from .experts import EXPERT_NAMES
-from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 
 log = logging.getLogger("wan_core.sampling.placement")
 
-POLICIES = ("auto", "resident", "swap", "stream")
 STREAM_FRACTION = 0.1  # device share of an expert while streaming when the spec does not say (A14B: ~6.6%)
 
 
@@ -53,34 +54,6 @@ class ExpertSpec:
         return self.stream_bytes if self.stream_bytes is not None else int(self.size_bytes * STREAM_FRACTION)
 
 
-@dataclass(frozen=True)
-class ParamCounts:
-    """Parameter counts of a WanDiT shape: all, one block, and the 2-D (Linear) weights inside the blocks."""
-
-    total: int
-    block: int
-    block_linear: int
-
-
-@lru_cache(maxsize=8)
-def param_counts(config: object) -> ParamCounts:
-    """Counts of a DiTConfig, from a meta-device model built once per config (about 0.8 s at the A14B size)."""
-    from ..dit.model import WanDiT
-
-    with torch.device("meta"):
-        model = WanDiT(config)
-    return ParamCounts(total=sum(p.numel() for p in model.parameters()),
-                       block=sum(p.numel() for p in model.blocks[0].parameters()),
-                       block_linear=sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2))
-
-
-def stream_bytes_for(config: object, bytes_per_param: float) -> int:
-    """Exact streaming footprint of a WanDiT shape: non-block weights plus two blocks, at `bytes_per_param`."""
-    counts = param_counts(config)
-    other = counts.total - counts.block * config.num_layers
-    return int((other + 2 * counts.block) * bytes_per_param)
-
-
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa",
                     **settings: object) -> ExpertSpec:
@@ -89,22 +62,13 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
     The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
     `settings` (e.g. loras=[(file, strength), ...]); the attention backend is applied on activation.
     """
-    from ..dit.loader import WEIGHT_DTYPES, inspect_dit, load_dit
-
     device = torch.device(device)
     compute = compute_dtype if compute_dtype is not None else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     info = inspect_dit(path)
-    counts = param_counts(info.config)
-    params = counts.total
-    target = WEIGHT_DTYPES.get(weight_dtype)
-    if target is None:
-        size = info.weight_bytes
-    elif target.itemsize == 1:  # block Linear weights in fp8, the rest as stored (at least 2 bytes)
-        linear = counts.block_linear
-        size = linear + (params - linear) * max(info.stored_dtype.itemsize, 2)
-    else:
-        size = params * target.itemsize
+    size = weight_bytes(info.config, WEIGHT_DTYPES[weight_dtype], stored_bytes=info.weight_bytes,
+                        stored_dtype=info.stored_dtype)
+    params = param_counts(info.config).total
     key = CacheKey.for_file("dit", path, weight_dtype=weight_dtype, compute_dtype=str(compute), **settings)
 
     def load(dev: torch.device) -> nn.Module:
@@ -138,8 +102,8 @@ def plan_placement(requested: str, *, high_bytes: int, low_bytes: int, stream_by
     working memory). On a CPU device both are the same pool. Raises NotEnoughMemoryError when the requested
     policy (or, for "auto", every policy) does not fit.
     """
-    if requested not in POLICIES:
-        raise ValueError(f"unknown placement '{requested}'; expected one of {', '.join(POLICIES)}")
+    if requested not in PLACEMENTS:
+        raise ValueError(f"unknown placement '{requested}'; expected one of {', '.join(PLACEMENTS)}")
     both, one = high_bytes + low_bytes, max(high_bytes, low_bytes)
     if device_is_cpu:
         fits = {"resident": both <= device_room, "swap": one <= device_room,

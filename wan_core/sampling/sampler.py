@@ -18,15 +18,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
-from ..dit.model import activation_bytes
+from ..config import BOUNDARY, CFG_BATCH_MODES, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
+from ..dit.sizes import activation_bytes, token_count
 from .experts import ExpertSource
 from ..memory.budget import free_bytes
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
 
 StepCallback = Callable[[int, int, str, torch.Tensor], None]  # (step, timestep, expert, x0 estimate)
-CFG_BATCH_MODES = ("auto", "on", "off")
 
 
 def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -129,10 +128,7 @@ def _guided(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, con
 
 def cfg_batch_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Rough peak activation bytes of one forward of the latent `x` (for the batch-of-2 decision)."""
-    config = model.config
-    pt, ph, pw = config.patch_size
-    _, _, frames, height, width = x.shape
-    return activation_bytes(config, (frames // pt) * (height // ph) * (width // pw), batch=x.shape[0])
+    return activation_bytes(model.config, token_count(model.config, x.shape), batch=x.shape[0])
 
 
 def _use_cfg_batch(mode: str, model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> bool:

@@ -24,9 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW, NUM_TRAIN_TIMESTEPS, SHIFT, STEPS
+from ..config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW, NUM_TRAIN_TIMESTEPS, SHIFT, SOLVERS, STEPS
 
-SOLVERS = ("unipc", "dpm++", "euler")
 # Official FlowUniPC: sigma_max is read back from a float32 tensor of 1 - 1/1000 (fm_solvers_unipc.py __init__).
 UNIPC_SIGMA_MAX = float(np.float32(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS))
 

@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from .schedule import SOLVERS
+from ..config import SOLVERS
 
 
 class Solver(Protocol):

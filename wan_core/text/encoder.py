@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import COMPUTE_DTYPES, ENCODER_STORAGE
 from ..io.checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint
 from ..io.quant import FP8_DTYPES, describe_fp8, quantize_fp8, swap_in_fp8_linears
 from .t5 import T5Config, T5Encoder
@@ -26,8 +27,6 @@ from .tokenizer import SPIECE_KEY, Tokenizer, _spm_from_tensor, find_tokenizer_n
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "fp8")
 _PREFIXES = ("text_encoders.umt5xxl.transformer.", "umt5xxl.transformer.", "text_encoder.", "t5xxl.transformer.",
              "model.", "module.")
 
@@ -164,14 +163,6 @@ class EncodeResult:
                 for i, n in enumerate(self.dropped) if n]
 
 
-def comfy_context(embedding: torch.Tensor, text_len: int = 512) -> torch.Tensor:
-    """[1, max(text_len, L), dim] float32 zero-padded context: the tensor ComfyUI's CLIPTextEncode puts in CONDITIONING."""
-    length, dim = embedding.shape
-    out = torch.zeros(1, max(text_len, length), dim, dtype=torch.float32)
-    out[0, :length] = embedding.to("cpu", torch.float32)
-    return out
-
-
 def encoder_identity(path: str | os.PathLike, dtype: str = "auto", tokenizer_path: str | os.PathLike | None = None) -> tuple:
     """Cache-key identity of an encoder (file identity, requested dtype, tokenizer file), known without loading it."""
     tok = file_identity(tokenizer_path) if tokenizer_path is not None else None
@@ -213,8 +204,8 @@ class TextEncoder:
 
 def _resolve_dtype(view: Checkpoint, dtype: str, fp8_present: bool) -> tuple[str, torch.dtype]:
     """(storage mode 'fp32'|'bf16'|'fp16'|'fp8', compute dtype)."""
-    if dtype not in DTYPE_CHOICES:
-        raise ValueError(f"dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
+    if dtype not in ENCODER_STORAGE:
+        raise ValueError(f"dtype must be one of {ENCODER_STORAGE}, got {dtype!r}")
     if dtype == "auto":
         if fp8_present:
             dtype = "fp8"
@@ -223,7 +214,7 @@ def _resolve_dtype(view: Checkpoint, dtype: str, fp8_present: bool) -> tuple[str
             dtype = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(stored, "fp32")
     if dtype == "fp8":
         return "fp8", torch.bfloat16
-    return dtype, DTYPES[dtype]
+    return dtype, COMPUTE_DTYPES[dtype]
 
 
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:

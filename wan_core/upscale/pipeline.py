@@ -14,15 +14,15 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from ..config import RESAMPLES
+from ..config import UPSCALE_FITS as FITS
 from ..memory.budget import free_bytes
+from ..memory.tiling import tiled_apply
 from .temporal import TemporalStabilizer
 from .temporal import color_fix as match_colors
-from ..memory.tiling import tiled_apply
 
 Fit = Literal["crop", "pad", "stretch"]
 Resample = Literal["lanczos", "bicubic", "bilinear"]
-FITS = ("crop", "pad", "stretch")
-RESAMPLES = ("lanczos", "bicubic", "bilinear")
 ProgressFn = Callable[[int, int], None]
 
 

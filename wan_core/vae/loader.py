@@ -12,10 +12,10 @@ import re
 
 import torch
 
+from ..config import COMPUTE_DTYPES
 from ..io.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .model import LATENT_CHANNELS, WanVAE
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PREFIXES = ("vae.", "first_stage_model.", "model.")
 
 # official marker keys (what ComfyUI's comfy/sd.py looks for as well)
@@ -69,9 +69,9 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return _DTYPES[dtype]
+        return COMPUTE_DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}") from None
+        raise ValueError(f"dtype must be one of {sorted(COMPUTE_DTYPES)} or a torch.dtype, got {dtype!r}") from None
 
 
 def _what_is_it(ck: Checkpoint) -> str:

@@ -456,7 +456,7 @@ class WanVAE(nn.Module):
 
         Streams one latent frame at a time; `on_frame(done, total)` is called after each step (a step is one
         latent frame of one tile). `tile_size`/`tile_overlap` are in latent px. The result is a [B,3,F,H,W]
-        view of a channels-last [B,F,H,W,3] buffer, so `video_to_comfy_image` needs no copy.
+        view of a channels-last [B,F,H,W,3] buffer, so `interop.video_to_image` needs no copy.
         """
         if latent.ndim != 5 or latent.shape[1] != self.z_dim:
             raise ValueError(f"expected a Wan2.1 latent [B, {self.z_dim}, T, h, w], got shape {tuple(latent.shape)}")
@@ -531,30 +531,3 @@ class WanVAE(nn.Module):
                 if on_frame is not None:
                     on_frame(done, total)
         return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ComfyUI IMAGE layout
-
-
-def video_to_comfy_image(video: torch.Tensor, *, inplace: bool = True) -> torch.Tensor:
-    """Video [B,3,F,H,W] in [-1,1] -> ComfyUI IMAGE [B*F,H,W,3] in 0..1.
-
-    With `inplace` (default) and a video from `WanVAE.decode` (channels-last storage, fp32) this rescales in
-    place and returns a view: no copy of the clip, and `video` is overwritten. Otherwise one copy is made.
-    """
-    if video.ndim != 5 or video.shape[1] != 3:
-        raise ValueError(f"expected a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
-    b, _, f, h, w = video.shape
-    x = video.permute(0, 2, 3, 4, 1)
-    if not (inplace and x.is_contiguous() and x.dtype == torch.float32):
-        x = torch.empty((b, f, h, w, 3), dtype=torch.float32, device=video.device).copy_(x)
-    return x.add_(1.0).mul_(0.5).clamp_(0.0, 1.0).view(b * f, h, w, 3)
-
-
-def comfy_image_to_video(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE [F,H,W,3] in 0..1 -> video [1,3,F,H,W] in [-1,1] (one copy, channels-last storage)."""
-    if images.ndim != 4 or images.shape[-1] < 3:
-        raise ValueError(f"expected a ComfyUI IMAGE [frames, H, W, 3], got shape {tuple(images.shape)}")
-    rgb = images[..., :3]  # drop an alpha channel if present
-    return (rgb.float() * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)

@@ -12,7 +12,8 @@ from wan_core.memory.cache import ModelCache
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.memory.budget import GiB, MemoryBudget, NotEnoughMemoryError
 from wan_core.memory.offload import BlockStreamer
-from wan_core.sampling.placement import CachedExperts, plan_placement, stream_bytes_for
+from wan_core.dit.sizes import stream_bytes_for
+from wan_core.sampling.placement import CachedExperts, plan_placement
 from wan_core.dit.model import DiTConfig
 
 GPU = dict(device_is_cpu=False, device_name="cuda:0")

@@ -7,7 +7,9 @@ import torch
 
 import wan_core.vae.model as vae_mod
 from wan_core.testing.tiny import vae as tiny
-from wan_core.vae.model import WanVAE, comfy_image_to_video, latent_frames, video_frames, video_to_comfy_image
+from wan_core.interop import image_to_video as comfy_image_to_video
+from wan_core.interop import video_to_image as video_to_comfy_image
+from wan_core.vae.model import WanVAE, latent_frames, video_frames
 
 
 @pytest.fixture(scope="module")

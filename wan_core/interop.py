@@ -1,0 +1,117 @@
+"""ComfyUI's tensor conventions, owned in one place (pure torch: ComfyUI itself is never imported here).
+
+  IMAGE         [frames, H, W, 3] float in 0..1            <->  video [B, 3, F, H, W] in [-1, 1]
+  LATENT        {"samples": raw Wan2.1 latent [B, 16, T, h, w], ...}  <->  the normalised latent the DiT sees
+  CONDITIONING  [[context [B, tokens, 4096], {extras}], ...]  <->  one [tokens, 4096] text context per item
+
+The front door (`wan_core.api`) does every conversion through these functions; the nodes pass ComfyUI's
+objects through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .config import LATENT_CHANNELS, TEXT_LEN
+from .vae.latent_format import denormalize, normalize
+
+log = logging.getLogger("ComfyUI-WanMoE")
+
+# Keys core conditioning nodes add that change how a prompt applies (area, mask, timestep range, hooks); our
+# sampler reads only the text tensor, so they are reported instead of silently doing nothing.
+UNHONOURED_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "hooks", "set_area_to_bounds")
+
+
+# --- IMAGE ------------------------------------------------------------------------------------------------
+def video_to_image(video: torch.Tensor, *, inplace: bool = True) -> torch.Tensor:
+    """Video [B,3,F,H,W] in [-1,1] -> ComfyUI IMAGE [B*F,H,W,3] in 0..1.
+
+    With `inplace` (default) and a video from `WanVAE.decode` (channels-last storage, fp32) this rescales in
+    place and returns a view: no copy of the clip, and `video` is overwritten. Otherwise one copy is made.
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a video [B, 3, F, H, W], got shape {tuple(video.shape)}")
+    b, _, f, h, w = video.shape
+    x = video.permute(0, 2, 3, 4, 1)
+    if not (inplace and x.is_contiguous() and x.dtype == torch.float32):
+        x = torch.empty((b, f, h, w, 3), dtype=torch.float32, device=video.device).copy_(x)
+    return x.add_(1.0).mul_(0.5).clamp_(0.0, 1.0).view(b * f, h, w, 3)
+
+
+def image_to_video(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [F,H,W,3] in 0..1 -> video [1,3,F,H,W] in [-1,1] (one copy, channels-last storage)."""
+    if images.ndim != 4 or images.shape[-1] < 3:
+        raise ValueError(f"expected a ComfyUI IMAGE [frames, H, W, 3], got shape {tuple(images.shape)}")
+    rgb = images[..., :3]  # drop an alpha channel if present
+    return (rgb.float() * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)
+
+
+# --- LATENT -----------------------------------------------------------------------------------------------
+def latent_from_comfy(latent: dict) -> torch.Tensor:
+    """The normalised latent [B,16,T,h,w] of a core LATENT dict (raw Wan2.1 latents, as core's video nodes use)."""
+    samples = latent["samples"]
+    if samples.ndim != 5 or samples.shape[1] != LATENT_CHANNELS:
+        raise ValueError(f"the latent has shape {tuple(samples.shape)}; expected a Wan2.1 video latent "
+                         "[batch, 16, frames, height/8, width/8] (Wan2.2 Empty Video Latent or a Wan VAE encode)")
+    return normalize(samples)
+
+
+def latent_to_comfy(normalised: torch.Tensor, like: dict | None = None) -> dict:
+    """A core LATENT dict of a normalised latent; with `like`, its other keys are kept (but not its noise mask)."""
+    out = dict(like) if like is not None else {}
+    device = like["samples"].device if like is not None else normalised.device
+    out["samples"] = denormalize(normalised).to(device)
+    out.pop("noise_mask", None)
+    return out
+
+
+def empty_latent(shape: tuple[int, ...], device: torch.device | str) -> dict:
+    """A core LATENT dict of zeros in `shape` ([B, 16, T, h, w], what EmptyHunyuanLatentVideo makes)."""
+    return {"samples": torch.zeros(shape, device=device)}
+
+
+# --- CONDITIONING -----------------------------------------------------------------------------------------
+def context_to_conditioning(embedding: torch.Tensor, text_len: int = TEXT_LEN) -> list:
+    """Core's CONDITIONING for umT5: [[context [1, 512, 4096] with zeroed padding, {"pooled_output": None}]]."""
+    return [[comfy_context(embedding, text_len), {"pooled_output": None}]]
+
+
+def comfy_context(embedding: torch.Tensor, text_len: int = TEXT_LEN) -> torch.Tensor:
+    """[L, dim] -> [1, max(text_len, L), dim] float32 zero-padded: the tensor core CLIPTextEncode puts in CONDITIONING."""
+    length, dim = embedding.shape
+    out = torch.zeros(1, max(text_len, length), dim, dtype=torch.float32)
+    out[0, :length] = embedding.to("cpu", torch.float32)
+    return out
+
+
+def conditioning_to_contexts(conditioning: list, label: str) -> list[torch.Tensor]:
+    """The text context of each batch item from a CONDITIONING ([[cond [B, L, 4096], {...}], ...]).
+
+    The Wan2.2 DiT reads TEXT_LEN (512) tokens. Core CLIPTextEncode does not truncate long prompts and
+    ConditioningConcat joins two 512-token contexts, so longer contexts are cut to 512 tokens: exact when the
+    rows beyond are zero padding, otherwise those tokens are dropped with a warning (the official code truncates
+    the prompt to 512 tokens too).
+    """
+    if not conditioning:
+        raise ValueError(f"the {label} conditioning is empty; connect a Wan2.2 Text Encode or CLIPTextEncode (type wan)")
+    if len(conditioning) > 1:
+        log.warning("WanMoESampler: the %s conditioning has %d entries; only the first is used (combine prompts "
+                    "in one text instead)", label, len(conditioning))
+    cond, extra = conditioning[0][0], conditioning[0][1] if len(conditioning[0]) > 1 else {}
+    if cond.ndim != 3:
+        raise ValueError(f"the {label} conditioning has shape {tuple(cond.shape)}; expected [batch, tokens, 4096] "
+                         "from umT5-XXL (a Wan text encoder)")
+    ignored = [k for k in UNHONOURED_KEYS if isinstance(extra, dict) and extra.get(k) is not None]
+    if ignored:
+        log.warning("WanMoESampler: the %s conditioning sets %s; this sampler applies the prompt to the whole video "
+                    "at every step and ignores them", label, ", ".join(ignored))
+    if cond.shape[1] > TEXT_LEN:
+        dropped = int((cond[:, TEXT_LEN:] != 0).any(dim=-1).sum(dim=-1).max())
+        if dropped:
+            log.warning("WanMoESampler: the %s conditioning has %d tokens; Wan2.2 reads %d, so %d non-padding token(s) "
+                        "after token %d are dropped (a prompt longer than 512 umT5 tokens, or ConditioningConcat)",
+                        label, cond.shape[1], TEXT_LEN, dropped, TEXT_LEN)
+        cond = cond[:, :TEXT_LEN]
+    return list(cond.unbind(0))

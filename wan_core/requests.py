@@ -1,0 +1,64 @@
+"""What a caller asks the engine to load: files and settings, validated once when the request is made.
+
+A request names files and says how they should run; nothing is read until the engine needs the weights (the
+shared model cache decides whether that means loading, reusing or moving them). The ComfyUI sockets
+WANMOE_MODEL / WANMOE_TEXT_ENCODER / WANMOE_VAE carry these objects between nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPES, choice
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary."""
+
+    high_noise_path: str
+    low_noise_path: str
+    weight_dtype: str
+    placement: str
+    attention: str
+    boundary: float
+    high_noise_name: str = ""
+    low_noise_name: str = ""
+
+    def __post_init__(self) -> None:
+        choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))
+        choice("placement", self.placement, PLACEMENTS)
+        if not (isinstance(self.boundary, (int, float)) and math.isfinite(self.boundary) and 0.0 <= self.boundary <= 1.0):
+            raise ValueError(f"boundary must be a number between 0 and 1 (a fraction of 1000 timesteps); got {self.boundary!r}")
+
+
+@dataclass(frozen=True)
+class TextEncoderRequest:
+    """A umT5-XXL file and where/how to run it."""
+
+    path: str
+    device: str  # "gpu" (the compute device) or "cpu"
+    dtype: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        choice("text encoder device", self.device, TEXT_DEVICES)
+        choice("text encoder dtype", self.dtype, ENCODER_DTYPES)
+
+    @property
+    def storage(self) -> str:
+        """The text encoder's storage mode name (`fp8` for scaled fp8_e4m3fn)."""
+        return "fp8" if self.dtype == "fp8_e4m3fn" else self.dtype
+
+
+@dataclass(frozen=True)
+class VAERequest:
+    """A Wan2.1 VAE file and its compute dtype."""
+
+    path: str
+    dtype: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        choice("VAE dtype", self.dtype, VAE_DTYPES)
