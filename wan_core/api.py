@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,7 @@ from .dit.attention import available_attention
 from .dit.loader import inspect_dit
 from .dit.sizes import activation_bytes, token_count
 from .io.checkpoint import file_identity, open_checkpoint
+from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .requests import ModelRequest, TextEncoderRequest, VAERequest
 from .sampling.placement import CachedExperts, dit_expert_spec
@@ -68,6 +70,20 @@ def _weight_bytes(path: str | os.PathLike, dtype: torch.dtype | None) -> int:
     return _file_weight_bytes(file_identity(path), dtype.itemsize if dtype is not None else None)
 
 
+@contextmanager
+def _advice(advice: str) -> Iterator[None]:
+    """Memory refusals inside the block carry `advice`: which of this component's settings would make it fit."""
+    try:
+        yield
+    except NotEnoughMemoryError as exc:
+        raise exc.advise(advice) from exc
+
+
+_TEXT_ADVICE = "To fit: run the text encoder on the CPU (device cpu) or use umt5_xxl_fp8_e4m3fn_scaled.safetensors."
+_VAE_ADVICE = "To fit: use the bf16 VAE dtype, tiling on with a smaller tile_size, or free memory (Unload models)."
+_UPSCALE_ADVICE = "To fit: set a smaller tile_size or frame_batch, or free memory (Unload models)."
+
+
 # --- text -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EncodedPrompts:
@@ -100,8 +116,9 @@ def encode_prompts(request: TextEncoderRequest, positive: str, negative: str, *,
             encoder = load_text_encoder(request.path, device=dev, dtype=storage)
             return _Holder(encoder.model, encoder)
 
-        holder = cache.get(key, load, size_bytes=_weight_bytes(request.path, _ENCODER_STORAGE_DTYPES.get(storage)),
-                           device=target, lock=True)
+        with _advice(_TEXT_ADVICE):
+            holder = cache.get(key, load, device=target, lock=True,
+                               size_bytes=_weight_bytes(request.path, _ENCODER_STORAGE_DTYPES.get(storage)))
         held.append(holder)
         return holder.payload
 
@@ -172,7 +189,7 @@ def decode(request: VAERequest, latent: dict, *, device: torch.device, tiling: s
            overlap_px: int = 0, on_frame: ProgressCallback | None = None) -> torch.Tensor:
     """Core LATENT -> core IMAGE [B*F, 8h, 8w, 3] in 0..1 (tile sizes in image pixels, 0 = automatic)."""
     normalised = interop.latent_from_comfy(latent)
-    with _vae(request, device) as vae:
+    with _advice(_VAE_ADVICE), _vae(request, device) as vae:
         video = vae.decode(normalised.to(device), on_frame=on_frame, **_tile_args(tiling, tile_px, overlap_px))
     return interop.video_to_image(video)
 
@@ -183,7 +200,7 @@ def encode(request: VAERequest, images: torch.Tensor, *, device: torch.device, t
     problem = frames_problem(images.shape[0], "the number of frames")
     if problem:
         raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
-    with _vae(request, device) as vae:
+    with _advice(_VAE_ADVICE), _vae(request, device) as vae:
         latent = vae.encode(interop.image_to_video(images).to(device), on_frame=on_frame,
                             **_tile_args(tiling, tile_px, overlap_px))
     return interop.latent_to_comfy(latent)
@@ -196,7 +213,7 @@ def upscale(images: torch.Tensor, upscale_model=None, *, device: torch.device, o
     UPSCALE_MODEL) runs as a cached copy on `device`, the descriptor itself untouched."""
     if upscale_model is None:
         return upscale_video(images, None, device=device, out_device=out_device, progress=progress, **settings)
-    with on_device(upscale_model, device) as model:
+    with _advice(_UPSCALE_ADVICE), on_device(upscale_model, device) as model:
         return upscale_video(images, model, device=device, out_device=out_device, progress=progress, **settings)
 
 

@@ -27,6 +27,10 @@ class NotEnoughMemoryError(RuntimeError):
         super().__init__(message)
         self.needed, self.free, self.device = needed, free, device
 
+    def advise(self, advice: str) -> "NotEnoughMemoryError":
+        """The same error with the caller's advice (which of its settings would make it fit) appended."""
+        return NotEnoughMemoryError(f"{self} {advice}", needed=self.needed, free=self.free, device=self.device)
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a device out-of-memory error and for a failed host allocation (which torch raises as RuntimeError)."""
@@ -84,6 +88,22 @@ def free_bytes(device: torch.device | str) -> int:
     if device.type == "cuda":
         return free_vram(device)
     return free_ram()
+
+
+# Share of the measured free memory a working-memory estimate may claim. Estimates leave out allocator slack and
+# temporaries (CPU im2col buffers of narrow convs; the VAE's estimate reads about half its measured CPU peak), so
+# work is planned to use at most 70% of what is free.
+ESTIMATE_SHARE = 0.7
+
+
+def room(device: torch.device | str, share: float = ESTIMATE_SHARE) -> int:
+    """Bytes of working memory a plan may count on on `device`: `share` of its measured free memory."""
+    return int(free_bytes(device) * share)
+
+
+def fits(need_bytes: int, device: torch.device | str, share: float = ESTIMATE_SHARE) -> bool:
+    """Whether an estimated `need_bytes` of working memory fits on `device` with the headroom `share` leaves."""
+    return need_bytes <= room(device, share)
 
 
 def _env_gib(name: str) -> int | None:

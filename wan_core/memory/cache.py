@@ -24,126 +24,26 @@ ComfyUI's own requests for memory call `free(bytes, device)`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import traceback
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 
-from .budget import (MemoryBudget, NotEnoughMemoryError, bytes_by_tier, free_bytes, gib, is_out_of_memory,
-                     module_bytes, tier_of)
+from .budget import MemoryBudget, NotEnoughMemoryError, free_bytes, gib, is_out_of_memory, module_bytes, tier_of
+from .keys import CacheKey, CacheStats, CacheStatus, Entry, EntryStatus, held_by_tier
 from .offload import BlockStreamer, discard_module, move_module
+
+__all__ = ["CacheKey", "CacheStats", "CacheStatus", "EntryStatus", "FreeMemoryCallback", "Loader", "ModelCache",
+           "get_cache", "release_all", "set_free_memory_callback"]
 
 log = logging.getLogger("wan_core.memory.cache")
 
 Loader = Callable[[torch.device], nn.Module]
 FreeMemoryCallback = Callable[[int, torch.device], None]
-
-
-def _freeze(value: object) -> object:
-    """A hashable, order-independent form of a setting value (dtypes and paths as strings)."""
-    if isinstance(value, dict):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, (set, frozenset)):
-        return tuple(sorted((_freeze(v) for v in value), key=repr))
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
-
-
-@dataclass(frozen=True)
-class CacheKey:
-    """What identifies loaded weights: kind, file identity, and the settings that change the tensors."""
-
-    kind: str
-    identity: tuple
-    settings: tuple = ()
-
-    @classmethod
-    def for_file(cls, kind: str, path: str | os.PathLike, **settings: object) -> "CacheKey":
-        """Key of a weights file (or official folder) loaded with `settings` (e.g. dtype="bf16", loras=[...])."""
-        from ..io.checkpoint import file_identity
-
-        return cls(kind, file_identity(path), tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
-
-    @property
-    def label(self) -> str:
-        """Short human name: kind, file name and settings."""
-        name = os.path.basename(str(self.identity[0])) if self.identity else "?"
-        settings = ", ".join(f"{k}={v}" for k, v in self.settings)
-        return f"{self.kind} {name}" + (f" ({settings})" if settings else "")
-
-
-@dataclass
-class _Entry:
-    key: CacheKey
-    module: nn.Module
-    size_bytes: int
-    locks: int = 0
-    pinned: bool = False
-    streamer: BlockStreamer | None = None
-
-    def held(self) -> dict[str, int]:
-        return self.streamer.bytes_by_tier() if self.streamer is not None else bytes_by_tier(self.module)
-
-    def where(self) -> str:
-        held = self.held()
-        if self.streamer is not None:
-            return f"{'+'.join(sorted(held))} (streaming blocks to {tier_of(self.streamer.device)})"
-        if not held:
-            return "nowhere"
-        where = "+".join(sorted(held))
-        return where + (" (pinned)" if self.pinned and where == "cpu" else "")
-
-
-@dataclass
-class CacheStats:
-    """Counters since the cache was created: loads from file, hits, moves between tiers, evictions."""
-
-    loads: int = 0
-    hits: int = 0
-    moves: int = 0
-    evictions: int = 0
-    load_counts: dict[CacheKey, int] = field(default_factory=dict)
-
-    def loads_of(self, key: CacheKey) -> int:
-        """How many times `key` was loaded from its file."""
-        return self.load_counts.get(key, 0)
-
-
-@dataclass(frozen=True)
-class EntryStatus:
-    """One cached model: what, where, how big."""
-
-    label: str
-    kind: str
-    where: str
-    bytes: int
-    locked: bool
-
-
-@dataclass(frozen=True)
-class CacheStatus:
-    """What the cache holds where, against its budgets (str() gives a few log lines)."""
-
-    entries: tuple[EntryStatus, ...]
-    held: dict[str, int]
-    budget: MemoryBudget
-
-    def __str__(self) -> str:
-        held = ", ".join(f"{tier} {gib(n)}" for tier, n in sorted(self.held.items())) or "nothing"
-        lines = [f"model cache: {held} held (budget {self.budget})"]
-        lines += [f"  {e.label}: {e.where}, {gib(e.bytes)}{' [in use]' if e.locked else ''}" for e in self.entries]
-        return "\n".join(lines)
 
 
 class ModelCache:
@@ -153,7 +53,7 @@ class ModelCache:
                  free_fn: Callable[[torch.device], int] = free_bytes) -> None:
         self._budget = budget
         self._free_fn = free_fn
-        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
         self._lock = threading.RLock()
         self._stats = CacheStats()
         self._free_callback: FreeMemoryCallback | None = None
@@ -166,11 +66,6 @@ class ModelCache:
             self._budget = MemoryBudget.auto()
         return self._budget
 
-    def set_budget(self, budget: MemoryBudget | None) -> None:
-        """Replace the budgets (None: automatic); entries over the new budget are evicted on the next request."""
-        with self._lock:
-            self._budget = budget
-
     def set_free_memory_callback(self, fn: FreeMemoryCallback | None) -> None:
         """Register `fn(bytes, device)`, called before weights go onto a device whose free memory is short."""
         self._free_callback = fn
@@ -182,16 +77,12 @@ class ModelCache:
     def stats(self) -> CacheStats:
         """A copy of the counters."""
         with self._lock:
-            s = self._stats
-            return CacheStats(s.loads, s.hits, s.moves, s.evictions, dict(s.load_counts))
+            return self._stats.copy()
 
     def held(self, tier: str | None = None) -> dict[str, int] | int:
         """Bytes held per tier ('cpu', 'cuda:0'), or for one tier."""
         with self._lock:
-            total: dict[str, int] = {}
-            for entry in self._entries.values():
-                for t, n in entry.held().items():
-                    total[t] = total.get(t, 0) + n
+            total = held_by_tier(self._entries.values())
             return total if tier is None else total.get(tier, 0)
 
     def evictable(self, tier: str) -> int:
@@ -207,9 +98,7 @@ class ModelCache:
     def status(self) -> CacheStatus:
         """What is resident where and how big."""
         with self._lock:
-            entries = tuple(EntryStatus(e.key.label, e.key.kind, e.where(), sum(e.held().values()), e.locks > 0)
-                            for e in self._entries.values())
-            return CacheStatus(entries, self.held(), self.budget)
+            return CacheStatus(tuple(EntryStatus.of(e) for e in self._entries.values()), self.held(), self.budget)
 
     def free_memory(self, device: torch.device | str) -> int:
         """Measured free memory of the pool holding `device`."""
@@ -234,19 +123,15 @@ class ModelCache:
                 entry.locks += int(lock)
                 return entry.module
             self._make_room(size_bytes, device, exclude=(key,), what=key.label)
-            try:
+            with self._oom_as_ours(f"loading {key.label}", size_bytes, device):
                 module = load(device)
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
-                    raise
-                raise self._oom(exc, f"loading {key.label}", size_bytes, device) from exc
-            entry = _Entry(key, module, size_bytes, locks=int(lock))
+            entry = Entry(key, module, size_bytes, locks=int(lock))
             self._entries[key] = entry
             self._stats.loads += 1
             self._stats.load_counts[key] = self._stats.load_counts.get(key, 0) + 1
             log.info("model cache: loaded %s from its file onto %s (%s)", key.label, tier_of(device), gib(size_bytes))
             if pin and device.type == "cpu" and torch.cuda.is_available():
-                self._pin(entry)
+                _pin(entry)
             return module
 
     def stream(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
@@ -267,11 +152,8 @@ class ModelCache:
                 self._make_room(streamer.device_bytes(), device, exclude=(key,), what=f"streaming {key.label}")
             entry.locks += 1  # streaming memory must not evict the entry being streamed
             try:
-                streamer.attach()
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
-                    raise
-                raise self._oom(exc, f"streaming {key.label}", streamer.device_bytes(), device) from exc
+                with self._oom_as_ours(f"streaming {key.label}", streamer.device_bytes(), device):
+                    streamer.attach()
             finally:
                 entry.locks -= 1
             entry.streamer = streamer
@@ -283,12 +165,7 @@ class ModelCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                self._unstream(entry)
-
-    def streamer(self, key: CacheKey) -> BlockStreamer | None:
-        """The entry's active BlockStreamer, if it is being streamed."""
-        entry = self._entries.get(key)
-        return None if entry is None else entry.streamer
+                entry.stop_streaming()
 
     # --- locks ---------------------------------------------------------------------------------------
     def lock(self, key: CacheKey) -> None:
@@ -302,15 +179,6 @@ class ModelCache:
             entry = self._entries.get(key)
             if entry is not None and entry.locks > 0:
                 entry.locks -= 1
-
-    @contextmanager
-    def hold(self, key: CacheKey) -> Iterator[nn.Module]:
-        """`with cache.hold(key) as module:` keeps the entry where it is while the block runs."""
-        self.lock(key)
-        try:
-            yield self._entries[key].module
-        finally:
-            self.unlock(key)
 
     @contextmanager
     def using(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
@@ -334,7 +202,7 @@ class ModelCache:
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and not entry.locks:
-                self._unstream(entry)
+                entry.stop_streaming()
                 if any(t != "cpu" for t in entry.held()):
                     self._demote(entry)
 
@@ -360,7 +228,7 @@ class ModelCache:
                     break
                 evicted += victim.held().get(tier, 0)
                 self._evict(victim, tier)
-            self._empty_cache(device)
+            _empty_device_cache(device)
         return evicted
 
     def release_all(self) -> int:
@@ -375,7 +243,7 @@ class ModelCache:
         return freed
 
     # --- internals -----------------------------------------------------------------------------------
-    def _place(self, entry: _Entry, device: torch.device, pin: bool) -> None:
+    def _place(self, entry: Entry, device: torch.device, pin: bool) -> None:
         """Move a cached entry onto `device` (making room first), all or nothing."""
         target = tier_of(device)
         held = entry.held()
@@ -384,32 +252,19 @@ class ModelCache:
             return
         if entry.locks and entry.streamer is not None:
             raise RuntimeError(f"{entry.key.label} is being streamed by a run and cannot move")
-        self._unstream(entry)
+        entry.stop_streaming()
         need = module_bytes(entry.module) - entry.held().get(target, 0)
         if need > 0:
             self._make_room(need, device, exclude=(entry.key,), what=entry.key.label)
-        try:
+        with self._oom_as_ours(f"moving {entry.key.label} to {target}", need, device):
             move_module(entry.module, device, pin=pin)
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            raise self._oom(exc, f"moving {entry.key.label} to {target}", need, device) from exc
         entry.pinned = pin or (entry.pinned and target == "cpu")
         self._stats.moves += 1
 
-    def _pin(self, entry: _Entry) -> None:
-        try:
-            move_module(entry.module, "cpu", pin=True)
-            entry.pinned = True
-        except RuntimeError as exc:  # pinning is an optimisation: keep the pageable copy
-            log.warning("could not pin %s in RAM (%s); keeping it pageable", entry.key.label, exc)
-
-    def _victim(self, tier: str, exclude: tuple) -> _Entry | None:
+    def _victim(self, tier: str, exclude: tuple) -> Entry | None:
         """The least recently used unlocked entry holding memory on `tier`."""
-        for entry in self._entries.values():
-            if entry.key not in exclude and not entry.locks and entry.held().get(tier, 0) > 0:
-                return entry
-        return None
+        return next((e for e in self._entries.values()
+                     if e.key not in exclude and not e.locks and e.held().get(tier, 0) > 0), None)
 
     def _room(self, need: int, device: torch.device, exclude: tuple) -> str | None:
         """Evict until `need` bytes fit on `device`'s tier; None when they do, else why they cannot."""
@@ -433,7 +288,7 @@ class ModelCache:
             if victim is None:
                 return f"needed {gib(need)} on {tier} but only {gib(free)} is free"
             self._evict(victim, tier)
-            self._empty_cache(device)
+            _empty_device_cache(device)
             free = self._free_fn(device)
         return None
 
@@ -441,20 +296,19 @@ class ModelCache:
         problem = self._room(need, device, exclude)
         if problem is not None:
             tier = tier_of(device)
-            raise NotEnoughMemoryError(
-                f"not enough memory for {what}: {problem} (budget {self.budget}). "
-                + _advice(tier), needed=need, free=self._free_fn(device), device=tier)
+            raise NotEnoughMemoryError(f"not enough memory for {what}: {problem} (budget {self.budget}).",
+                                       needed=need, free=self._free_fn(device), device=tier)
 
-    def _evict(self, entry: _Entry, tier: str) -> None:
+    def _evict(self, entry: Entry, tier: str) -> None:
         """Move an entry off `tier`: device -> RAM when RAM has room, otherwise drop it."""
         self._stats.evictions += 1
         if tier != "cpu" and self._demote(entry):
             return
         self._drop(entry)
 
-    def _demote(self, entry: _Entry) -> bool:
+    def _demote(self, entry: Entry) -> bool:
         """Move an entry to RAM if the RAM budget and free RAM allow; otherwise drop it. True when kept."""
-        self._unstream(entry)
+        entry.stop_streaming()
         need = module_bytes(entry.module) - entry.held().get("cpu", 0)
         cpu = torch.device("cpu")
         if self._room(need, cpu, (entry.key,)) is None:
@@ -469,41 +323,43 @@ class ModelCache:
         self._drop(entry)
         return False
 
-    def _drop(self, entry: _Entry) -> int:
-        self._unstream(entry)
+    def _drop(self, entry: Entry) -> int:
+        entry.stop_streaming()
         freed = sum(entry.held().values())
         self._entries.pop(entry.key, None)
         discard_module(entry.module)
         return freed
 
-    def _unstream(self, entry: _Entry) -> None:
-        if entry.streamer is not None:
-            entry.streamer.detach()
-            entry.streamer = None
-
-    def _oom(self, exc: BaseException, what: str, need: int, device: torch.device) -> NotEnoughMemoryError:
-        """Turn a torch out-of-memory error into our message; frees what the failed attempt left behind."""
-        if exc.__traceback__ is not None:
-            traceback.clear_frames(exc.__traceback__)  # frames of the failed load hold its partial tensors
-        self._empty_cache(device)
-        tier = tier_of(device)
-        free = self._free_fn(device)
-        return NotEnoughMemoryError(
-            f"out of memory while {what}: needed {gib(need)} on {tier}, {gib(free)} free "
-            f"(budget {self.budget}). " + _advice(tier), needed=need, free=free, device=tier)
-
-    @staticmethod
-    def _empty_cache(device: torch.device) -> None:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    @contextmanager
+    def _oom_as_ours(self, what: str, need: int, device: torch.device) -> Iterator[None]:
+        """Turn a torch out-of-memory error inside the block into our message, freeing what the attempt left."""
+        try:
+            yield
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
+                raise
+            if exc.__traceback__ is not None:
+                traceback.clear_frames(exc.__traceback__)  # frames of the failed load hold its partial tensors
+            _empty_device_cache(device)
+            tier, free = tier_of(device), self._free_fn(device)
+            raise NotEnoughMemoryError(f"out of memory while {what}: needed {gib(need)} on {tier}, {gib(free)} "
+                                       f"free (budget {self.budget}).", needed=need, free=free, device=tier) from exc
 
 
-def _advice(tier: str) -> str:
-    if tier == "cpu":
-        return ("To fit: use placement 'swap' (one expert in memory at a time, the other re-read from its file), "
-                "fp8 weights (half the size), or raise the RAM budget (WANMOE_RAM_GB) / close other programs.")
-    return ("To fit: use placement 'swap' (one expert on the GPU at a time) or 'stream' (blocks streamed to the "
-            "GPU), fp8 weights (half the size), or free VRAM (Unload models, other programs).")
+def _empty_device_cache(device: torch.device) -> None:
+    """Give a CUDA device's cached, unused blocks back (after an eviction or a failed allocation)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _pin(entry: Entry) -> None:
+    """Pin an entry's host tensors (faster copies to the GPU); pinning is an optimisation, so failure is logged."""
+    try:
+        move_module(entry.module, "cpu", pin=True)
+        entry.pinned = True
+    except RuntimeError as exc:
+        log.warning("could not pin %s in RAM (%s); keeping it pageable", entry.key.label, exc)
+
 
 
 _CACHE: ModelCache | None = None

@@ -140,11 +140,6 @@ class BlockStreamer:
         self.copies = 0  # blocks copied to the device (tests and benchmarks read it)
         self.max_blocks_on_device = 0
 
-    def host_bytes(self) -> int:
-        """Bytes of the host tensors (the whole module)."""
-        slots = [s for block in self._block_slots for s in block] + self._other_slots
-        return _slot_bytes([self._host.get(s, read_slot(s)) for s in slots])
-
     def device_bytes(self) -> int:
         """Bytes the streamer needs on the device: everything outside the blocks plus two blocks."""
         other = _slot_bytes([self._host.get(s, read_slot(s)) for s in self._other_slots])

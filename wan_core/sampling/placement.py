@@ -81,6 +81,19 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
     return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, size / params), configure)
 
 
+def expert_advice(tier: str, policy: str) -> str:
+    """What a user can change when an expert does not fit on `tier` under `policy`."""
+    if tier == "cpu":
+        swap = "" if policy == "swap" else "use placement 'swap' (one expert in memory at a time, the other re-read " \
+                                           "from its file), "
+        return f"To fit: {swap}use fp8 weights (half the size), or raise the RAM budget (WANMOE_RAM_GB) / close " \
+               "other programs."
+    others = " or ".join(p for p in ("'swap' (one expert on the GPU at a time)", "'stream' (blocks streamed to the GPU)")
+                         if policy not in p)
+    return (f"To fit: use placement {others}, fp8 weights (half the size), or free VRAM (Unload models, other "
+            "programs).")
+
+
 @dataclass(frozen=True)
 class PlacementPlan:
     """The policy a run uses, where the idle expert waits ('device', 'ram' or 'file'), and why."""
@@ -202,11 +215,15 @@ class CachedExperts:
     def _activate(self, name: str) -> nn.Module:
         spec = self.specs[name]
         lock = name not in self._locked
-        if self.plan.policy == "stream":
-            module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
-                                       prefetch=self.prefetch, pin=self.pin, lock=lock)
-        else:
-            module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device, lock=lock)
+        try:
+            if self.plan.policy == "stream":
+                module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
+                                           prefetch=self.prefetch, pin=self.pin, lock=lock)
+            else:
+                module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
+                                        lock=lock)
+        except NotEnoughMemoryError as exc:
+            raise exc.advise(expert_advice(tier_of(self.device), self.plan.policy)) from exc
         self._locked.add(name)
         if spec.configure is not None:
             spec.configure(module)

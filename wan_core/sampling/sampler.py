@@ -21,7 +21,7 @@ import torch
 from ..config import BOUNDARY, CFG_BATCH_MODES, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
 from ..dit.sizes import activation_bytes, token_count
 from .experts import ExpertSource
-from ..memory.budget import free_bytes
+from ..memory.budget import fits
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
 
@@ -135,7 +135,7 @@ def _use_cfg_batch(mode: str, model: torch.nn.Module, x: torch.Tensor, device: t
     """'on' / 'off' as forced; 'auto': batch when twice a single pass's activations fit in free memory."""
     if mode != "auto":
         return mode == "on"
-    return free_bytes(device) >= 2 * cfg_batch_bytes(model, x)
+    return fits(2 * cfg_batch_bytes(model, x), device)
 
 
 def _latent_shape(latent: torch.Tensor | None, shape: Sequence[int] | None,

@@ -16,10 +16,15 @@ import torch.nn.functional as F
 
 from ..config import RESAMPLES
 from ..config import UPSCALE_FITS as FITS
-from ..memory.budget import free_bytes
+from ..memory.budget import room
 from ..memory.tiling import tiled_apply
 from .temporal import TemporalStabilizer
 from .temporal import color_fix as match_colors
+
+# Share of free memory the tile/batch planner gives the upscaler's working set (its per-pixel estimate is rough; on
+# the CPU, im2col buffers of small convs and the allocator's fragmentation need more slack), and a CPU cap.
+UPSCALE_SHARE = {"cuda": 0.5, "cpu": 0.25}
+CPU_WORKING_CAP = 2 << 30
 
 Fit = Literal["crop", "pad", "stretch"]
 Resample = Literal["lanczos", "bicubic", "bilinear"]
@@ -163,8 +168,8 @@ def auto_tile_and_batch(
     """(tile or None for whole frames, frames per batch) that fit the free memory of `device` (or `budget` bytes)."""
     device = torch.device(device)
     if budget is None:
-        free = free_bytes(device)
-        budget = int(free * 0.5) if device.type == "cuda" else min(int(free * 0.25), 2 << 30)
+        budget = room(device, UPSCALE_SHARE["cuda"]) if device.type == "cuda" else \
+            min(room(device, UPSCALE_SHARE["cpu"]), CPU_WORKING_CAP)
     if max_batch is None:
         max_batch = 16 if device.type == "cuda" else 4
     scale = model.scale if model is not None else 2
@@ -232,19 +237,18 @@ def upscale_video(
     out_device = torch.device(out_device) if out_device is not None else frames.device
 
     sh, sw = y1 - y0, x1 - x0
-    auto_tile, auto_batch = auto_tile_and_batch(model, sh, sw, device) if (tile is None or frame_batch is None) else (None, 1)
-    tile = tile if tile else auto_tile
-    batch = max(1, frame_batch or auto_batch)
-    if model is not None and getattr(getattr(model, "tiling", None), "name", "") == "INTERNAL":
-        tile = None  # the model tiles itself or needs the whole frame
-    if tile is not None:
-        tile = max(8, int(tile))
-        overlap = min(max(0, overlap if overlap is not None else min(32, tile // 4)), tile - 1)
+    tile, overlap, batch = _chunking(model, sh, sw, device, tile=tile, overlap=overlap, frame_batch=frame_batch)
 
     output = torch.zeros(n, oh, ow, 3, dtype=torch.float32, device=out_device)
     # Resampling alone is linear and consistent from frame to frame: only a model's invented detail flickers.
     stabilizer = TemporalStabilizer(stabilize) if stabilize > 0 and model is not None else None
     cell = max(4, 4 * math.ceil(max(cw / sw, ch / sh)))
+
+    def model_or_resample(src: torch.Tensor) -> torch.Tensor:
+        if model is None:
+            return resize(src, (ch, cw), resample)
+        up = _run_model(model, src, tile, overlap)
+        return resize(up, (ch, cw), resample) if up.shape[-2:] != (ch, cw) else up
 
     restore = None
     if model is not None:
@@ -254,11 +258,7 @@ def upscale_video(
         with torch.inference_mode():
             for start in range(0, n, batch):
                 src = frames[start : start + batch, y0:y1, x0:x1].to(device, torch.float32).permute(0, 3, 1, 2)
-                if model is not None:
-                    up = _run_model(model, src, tile, overlap)
-                    up = resize(up, (ch, cw), resample) if up.shape[-2:] != (ch, cw) else up
-                else:
-                    up = resize(src, (ch, cw), resample)
+                up = model_or_resample(src)
                 up = unsharp_mask(up, sharpen)
                 if stabilizer is not None or color_fix:
                     base = resize(src, (ch, cw), "bilinear")
@@ -276,6 +276,21 @@ def upscale_video(
         if restore is not None:
             model.to(restore[0]).to(restore[1])
     return output
+
+
+def _chunking(model, height: int, width: int, device: torch.device, *, tile: int | None, overlap: int | None,
+              frame_batch: int | None) -> tuple[int | None, int | None, int]:
+    """(model tile or None, tile overlap, frames per chunk): as given, else chosen from free memory."""
+    auto_tile, auto_batch = auto_tile_and_batch(model, height, width, device) \
+        if (tile is None or frame_batch is None) else (None, 1)
+    tile = tile if tile else auto_tile
+    batch = max(1, frame_batch or auto_batch)
+    if model is not None and getattr(getattr(model, "tiling", None), "name", "") == "INTERNAL":
+        tile = None  # the model tiles itself or needs the whole frame
+    if tile is not None:
+        tile = max(8, int(tile))
+        overlap = min(max(0, overlap if overlap is not None else min(32, tile // 4)), tile - 1)
+    return tile, overlap, batch
 
 
 def _run_model(model, src: torch.Tensor, tile: int | None, overlap: int | None) -> torch.Tensor:

@@ -1,39 +1,26 @@
-"""The Wan2.1 video VAE (used by Wan2.2-T2V-A14B), in the official key layout, streamed in bounded memory.
+"""The Wan2.1 video VAE network (used by Wan2.2-T2V-A14B), in the official key layout.
 
 Structure (official wan/modules/vae2_1.py): causal 3-D convolutions that remember the last two input frames
 of the previous chunk, RMS norms, spatial/temporal resampling, single-head per-frame attention in the middle
 blocks. 16 latent channels, 4x temporal and 8x spatial compression: 4n+1 video frames <-> n+1 latent frames.
-
-Decode runs one latent frame at a time (the first gives 1 video frame, every later one 4) and writes each
-step into a preallocated output; encode runs chunks of 1, 4, 4, ... frames. Peak memory is therefore set by
-the causal caches and one step's activations, not by the clip length. For large frames the (H, W) plane is
-split into overlapping tiles, each run through all frames with its own causal cache and blended with
-feathered weights, so the peak is set by the tile size.
+`WanVAE.decode_step` / `encode_step` run one streamed chunk; the runner that loops over a clip in bounded
+memory (and tiles large frames) is `vae/streaming.py`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
-from ..memory.budget import free_bytes
-from ..memory.tiling import TileSpec, plan_tiles
-from .shapes import latent_frames, video_frames
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 LATENT_CHANNELS = len(WAN21_LATENT_MEAN)
-
-Tiling = Literal["auto", "on", "off"]
-ProgressCallback = Callable[[int, int], None]
-
-DEFAULT_TILE = 32  # latent px (256 video px) when tiling is forced on without a size
-_AUTO_TILES = (64, 48, 40, 32, 24, 16, 12, 8)  # latent px, tried largest first when tiling by memory
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,9 +308,9 @@ class WanVAE(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv2.weight.dtype
 
-    # -- one streamed step ---------------------------------------------------------------------------------
+    # -- one streamed step (the runner in streaming.py loops over these) ---------------------------------------------------------------------------------
 
-    def _decode_step(
+    def decode_step(
         self, z: torch.Tensor, cache: _Cache, tile_cache: _Cache | None = None, region: tuple[slice, slice] | None = None
     ) -> torch.Tensor:
         """One normalised latent frame [B,16,1,h,w] -> 1 (first step) or 4 video frames (of `region`), clamped, fp32."""
@@ -331,203 +318,29 @@ class WanVAE(nn.Module):
         x = self.decoder(self.conv2(z), cache, tile_cache=tile_cache, region=region)
         return x.float().clamp_(-1.0, 1.0)
 
-    def _encode_step(self, x: torch.Tensor, cache: _Cache) -> torch.Tensor:
+    def encode_step(self, x: torch.Tensor, cache: _Cache) -> torch.Tensor:
         """One chunk of 1 or 4 frames in [-1,1] -> its normalised latent mean [B,16,1,h,w], fp32."""
         h = self.encoder(x.to(self.device, self.dtype), cache)
         # conv1 is 1x1x1: computing only its first z_dim outputs (the mean) gives the same numbers.
         mu = F.conv3d(h, self.conv1.weight[: self.z_dim], self.conv1.bias[: self.z_dim])
         return normalize(mu.float())
 
-    # -- memory estimate and tiling plan -------------------------------------------------------------------
+    # -- the runner (vae/streaming.py imports this module, so it is imported at call time) -------------------
 
     def estimate_peak_bytes(self, height: int, width: int, *, batch: int = 1, decode: bool = True) -> int:
-        """Estimated working memory of one untiled streamed run on a latent of (height, width), weights excluded.
+        """Estimated working memory of one untiled streamed run (see `streaming.estimate_peak_bytes`)."""
+        from . import streaming
 
-        Sums the causal caches exactly (2 frames of each conv input) and adds a multiple of the largest
-        activation of one step, plus the per-frame attention matrix at the latent resolution.
-        """
-        caches, largest = 0, 0
-        item = torch.empty((), dtype=self.dtype).element_size()
+        return streaming.estimate_peak_bytes(self, height, width, batch=batch, decode=decode)
 
-        def act(c: int, t: int, hw: int) -> None:
-            nonlocal largest
-            largest = max(largest, c * t * hw)
+    def decode(self, latent: torch.Tensor, **options) -> torch.Tensor:
+        """Normalised latent [B,16,T,h,w] -> video [B,3,F,8h,8w] in [-1,1], streamed (see `streaming.decode`)."""
+        from . import streaming
 
-        def res(block: ResidualBlock, t: int, hw: int) -> int:
-            nonlocal caches
-            cin, cout = block.residual[2].in_channels, block.residual[2].out_channels
-            caches += CACHE_FRAMES * (cin + cout) * hw
-            act(cin, t + CACHE_FRAMES, hw)
-            act(cout, t + CACHE_FRAMES, hw)
-            return cout
+        return streaming.decode(self, latent, **options)
 
-        hw = height * width
-        if decode:
-            t, hw_ = 1, hw
-            caches += CACHE_FRAMES * self.z_dim * hw_
-            layers = [*self.decoder.middle, *self.decoder.upsamples]
-        else:
-            t, hw_ = TEMPORAL_FACTOR, hw * SPATIAL_FACTOR**2
-            caches += CACHE_FRAMES * 3 * hw_
-            layers = [*self.encoder.downsamples, *self.encoder.middle]
-        c = self.decoder.conv1.out_channels if decode else self.encoder.conv1.out_channels
-        act(c, t, hw_)
-        for layer in layers:
-            if isinstance(layer, ResidualBlock):
-                c = res(layer, t, hw_)
-            elif isinstance(layer, Resample):
-                if layer.mode == "upsample3d":
-                    caches += CACHE_FRAMES * c * hw_
-                    act(2 * c, t, hw_)
-                    t *= 2
-                if layer.mode.startswith("up"):
-                    act(c, t, 4 * hw_)
-                    hw_ *= 4
-                    c //= 2
-                else:
-                    hw_ //= 4
-                    if layer.mode == "downsample3d":
-                        caches += c * hw_
-                        t = max(1, t // 2)
-                act(c, t, hw_)
-        caches += CACHE_FRAMES * c * hw_  # head conv
-        attention = 4 * hw * hw  # one fp32 score matrix per frame if SDPA takes its math path
-        return batch * ((caches + 6 * largest) * item + attention)
+    def encode(self, video: torch.Tensor, **options) -> torch.Tensor:
+        """Video [B,3,4n+1,H,W] in [-1,1] -> normalised latent mean, streamed (see `streaming.encode`)."""
+        from . import streaming
 
-    def _plan(
-        self,
-        height: int,
-        width: int,
-        *,
-        batch: int,
-        decode: bool,
-        tiling: Tiling,
-        tile_size: int | None,
-        tile_overlap: int | None,
-    ) -> list[TileSpec] | None:
-        """Tiles (latent px) for a run, or None for one untiled pass."""
-        if tiling not in ("auto", "on", "off"):
-            raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
-        if tiling == "off":
-            return None
-        budget = free_bytes(self.device)
-        # 0.7: the estimate leaves out allocator slack and CPU im2col buffers of narrow convs
-        if tiling == "auto" and self.estimate_peak_bytes(height, width, batch=batch, decode=decode) <= 0.7 * budget:
-            return None
-        if tile_size is None:
-            tile_size = _AUTO_TILES[-1]
-            for candidate in _AUTO_TILES:
-                if tiling == "on" and candidate > DEFAULT_TILE:
-                    continue  # forced on with plenty of memory: still tile, at the default size
-                need = self.estimate_peak_bytes(candidate, candidate, batch=batch, decode=decode)
-                if decode:  # the whole frame still passes the latent-resolution stages (for exact attention)
-                    item = torch.empty((), dtype=self.dtype).element_size()
-                    need += batch * (12 * self.decoder.conv1.out_channels * height * width * item
-                                     + 4 * candidate * candidate * height * width)
-                if need <= 0.7 * budget:
-                    tile_size = candidate
-                    break
-        if tile_size < 2:
-            raise ValueError(f"tile_size is in latent pixels (8 video px each) and must be >= 2, got {tile_size}")
-        overlap = max(1, tile_size // 3) if tile_overlap is None else tile_overlap
-        if not 0 <= overlap <= tile_size // 2:
-            raise ValueError(f"tile_overlap must be in [0, tile_size/2] latent px, got {overlap} for tile {tile_size}")
-        if height <= tile_size and width <= tile_size:
-            return None
-        # The outer third of each overlap gets no weight (a tile's border effects live there); the blend
-        # ramp runs across the middle third.
-        scale = SPATIAL_FACTOR if decode else 1  # decode blends at video resolution, encode at latent resolution
-        return plan_tiles(height, width, tile=tile_size, overlap=overlap, scale=scale, margin=(overlap - max(1, overlap // 6)) // 2)
-
-    # -- public API ----------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def decode(
-        self,
-        latent: torch.Tensor,
-        *,
-        tiling: Tiling = "auto",
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        on_frame: ProgressCallback | None = None,
-        out_device: torch.device | str = "cpu",
-    ) -> torch.Tensor:
-        """Normalised latent [B,16,T,h,w] -> video [B,3,1+4(T-1),8h,8w] float32 in [-1,1] (on `out_device`).
-
-        Streams one latent frame at a time; `on_frame(done, total)` is called after each step (a step is one
-        latent frame of one tile). `tile_size`/`tile_overlap` are in latent px. The result is a [B,3,F,H,W]
-        view of a channels-last [B,F,H,W,3] buffer, so `interop.video_to_image` needs no copy.
-        """
-        if latent.ndim != 5 or latent.shape[1] != self.z_dim:
-            raise ValueError(f"expected a Wan2.1 latent [B, {self.z_dim}, T, h, w], got shape {tuple(latent.shape)}")
-        b, _, t_lat, h, w = latent.shape
-        tiles = self._plan(h, w, batch=b, decode=True, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
-        s = SPATIAL_FACTOR
-        buffer = torch.empty(b, video_frames(t_lat), h * s, w * s, 3, dtype=torch.float32, device=out_device)
-        video = buffer.permute(0, 4, 1, 2, 3)
-        if tiles is not None:
-            buffer.zero_()
-        total, done = t_lat * (len(tiles) if tiles else 1), 0
-        for tile in tiles or [None]:
-            cache, tile_cache = _Cache(), _Cache()
-            if tile is not None:
-                (ys, xs), (out_ys, out_xs) = tile.src, tile.dst
-                weight = tile.weight.to(self.device)
-            for i in range(t_lat):
-                f0 = 0 if i == 0 else video_frames(i)
-                if tile is None:
-                    frames = self._decode_step(latent[:, :, i : i + 1], cache)
-                    video[:, :, f0 : f0 + frames.shape[2]] = frames
-                else:
-                    frames = self._decode_step(latent[:, :, i : i + 1], cache, tile_cache, (ys, xs))
-                    video[:, :, f0 : f0 + frames.shape[2], out_ys, out_xs] += (frames * weight).to(out_device)
-                del frames
-                done += 1
-                if on_frame is not None:
-                    on_frame(done, total)
-        return video
-
-    @torch.no_grad()
-    def encode(
-        self,
-        video: torch.Tensor,
-        *,
-        tiling: Tiling = "auto",
-        tile_size: int | None = None,
-        tile_overlap: int | None = None,
-        on_frame: ProgressCallback | None = None,
-        out_device: torch.device | str = "cpu",
-    ) -> torch.Tensor:
-        """Video [B,3,4n+1,H,W] in [-1,1] -> normalised latent mean [B,16,n+1,H/8,W/8] float32.
-
-        Runs chunks of 1, 4, 4, ... frames; H and W must be multiples of 8; tile args as in `decode`.
-        """
-        if video.ndim != 5 or video.shape[1] != 3:
-            raise ValueError(f"expected a video [B, 3, frames, H, W], got shape {tuple(video.shape)}")
-        b, _, f, height, width = video.shape
-        t_lat = latent_frames(f)
-        s = SPATIAL_FACTOR
-        if height % s or width % s:
-            raise ValueError(
-                f"the Wan VAE encodes frames whose height and width are multiples of {s}; got {width}x{height}. "
-                f"Crop or resize to {width // s * s}x{height // s * s} (or pad up to the next multiple)."
-            )
-        h, w = height // s, width // s
-        tiles = self._plan(h, w, batch=b, decode=False, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
-        out = torch.zeros(b, self.z_dim, t_lat, h, w, dtype=torch.float32, device=out_device)
-        total, done = t_lat * (len(tiles) if tiles else 1), 0
-        for tile in tiles or [None]:
-            cache = _Cache()
-            ys, xs = tile.src if tile is not None else (slice(0, h), slice(0, w))
-            pys, pxs = slice(ys.start * s, ys.stop * s), slice(xs.start * s, xs.stop * s)
-            for i in range(t_lat):
-                f0, f1 = (0, 1) if i == 0 else (1 + TEMPORAL_FACTOR * (i - 1), 1 + TEMPORAL_FACTOR * i)
-                mu = self._encode_step(video[:, :, f0:f1, pys, pxs], cache)
-                if tile is None:
-                    out[:, :, i : i + 1] = mu
-                else:
-                    out[:, :, i : i + 1, ys, xs] += (mu * tile.weight.to(mu.device)).to(out_device)
-                done += 1
-                if on_frame is not None:
-                    on_frame(done, total)
-        return out
+        return streaming.encode(self, video, **options)

@@ -109,7 +109,8 @@ def test_locked_entries_stay_and_an_impossible_request_says_what_to_change(files
     message = str(err.value)
     assert "needed 0.25 MiB on cpu but its budget is 0.38 MiB and 0.25 MiB of it is held by models in use" in message
     assert "needed" in message and "budget" in message and "in use" in message
-    assert "'swap'" in message and "fp8" in message
+    # Which settings would make it fit is the caller's to say (tests/engine/sampling/test_placement.py
+    # test_a_cache_refusal_carries_the_experts_advice), not the cache's.
     assert err.value.needed == linear_bytes(n)
     assert key_a in cache
     cache.get(key_b, linear_loader(n, []), size_bytes=linear_bytes(n), device=CPU)  # unlocked: a is evicted
@@ -203,7 +204,7 @@ def test_out_of_memory_in_a_load_gives_the_clear_message_and_a_usable_cache(file
         cache.get(bad, failing, size_bytes=5 * MB, device=CPU)
     message = str(err.value)
     assert "out of memory while loading dit b.safetensors: needed 5.00 MiB on cpu" in message
-    assert " free " in message and "'swap'" in message and "fp8" in message
+    assert " free " in message  # the advice (placement, fp8) is the caller's: see test_placement.py
     assert err.value.__cause__ is error
     assert bad not in cache and cache.stats().loads == 1
     assert cache.get(good, linear_loader(64, []), size_bytes=linear_bytes(64), device=CPU) is model

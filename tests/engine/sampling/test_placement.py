@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cache_testing import TINY, Cancelled, expert_bytes, file_loader, inputs, one_thread, run_moe, specs, write_experts  # noqa: F401
-from wan_core.memory.cache import ModelCache
+from wan_core.memory.cache import CacheKey, ModelCache
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.memory.budget import GiB, MemoryBudget, NotEnoughMemoryError
 from wan_core.memory.offload import BlockStreamer
@@ -245,10 +245,27 @@ def test_out_of_memory_loading_at_the_boundary_gives_the_message_and_a_usable_ca
 
     cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=4 * GiB))
     experts = CachedExperts(high, replace(low, load=flaky), device="cpu", placement="swap", cache=cache)
-    with pytest.raises(NotEnoughMemoryError, match=r"out of memory while loading dit low\.safetensors: needed .* free"):
+    with pytest.raises(NotEnoughMemoryError, match=r"out of memory while loading dit low\.safetensors: needed .* free") as err:
         run_moe(experts, *inputs(TINY))
+    assert "fp8" in str(err.value) and "WANMOE_RAM_GB" in str(err.value)  # the expert source's advice
     assert_idle(cache)
     assert torch.equal(run_moe(experts, *inputs(TINY)), reference)
+
+
+def test_a_cache_refusal_carries_the_experts_advice(expert_files):
+    """The cache says what was needed and what was held; the expert source adds which settings would fit."""
+    high, low = specs(*expert_files, TINY)
+    cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=int(2.5 * high.size_bytes)))
+    experts = CachedExperts(high, low, device="cpu", placement="resident", cache=cache)  # planned with room for both
+    cache.get(CacheKey("other", ("held",)), high.load, size_bytes=high.size_bytes, device="cpu", lock=True)
+    experts.expert("high")
+    with pytest.raises(NotEnoughMemoryError) as err:
+        experts.expert("low")
+    experts.release()
+    message = str(err.value)
+    assert "held by models in use" in message
+    assert "'swap'" in message and "fp8" in message
+    assert err.value.needed == high.size_bytes
 
 
 def test_out_of_memory_while_streaming_a_block_leaves_the_expert_reusable(expert_files, reference, monkeypatch):

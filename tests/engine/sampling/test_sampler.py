@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
-import wan_core.sampling.sampler as sampler_module
+import wan_core.memory.budget as budget
 from wan_core.dit.model import DiTConfig, WanDiT
 from wan_core.dit.keys import diffusers_to_official
 from wan_core.sampling.experts import ResidentExperts
@@ -206,11 +206,11 @@ def test_batched_cfg_equals_sequential(experts: RecordingExperts, text, solver: 
 
 
 def test_cfg_batch_auto_follows_free_memory(experts: RecordingExperts, text, monkeypatch) -> None:
-    monkeypatch.setattr(sampler_module, "free_bytes", lambda device: 0)
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 0)
     run(experts, text, steps=2)
     assert {batch for _, batch, _ in experts.calls} == {1}
     experts.reset()
-    monkeypatch.setattr(sampler_module, "free_bytes", lambda device: 1 << 50)
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 1 << 50)
     run(experts, text, steps=2)
     assert {batch for _, batch, _ in experts.calls} == {2}
     # A14B at 1280x720x81 (21x90x160 latent, 75 600 tokens): tens of GB per pass, so 24 GB cards run sequentially.

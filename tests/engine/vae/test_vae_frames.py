@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import wan_core.vae.model as vae_mod
+import wan_core.memory.budget as budget
 from wan_core.testing.tiny import vae as tiny
 from wan_core.interop import image_to_video as comfy_image_to_video
 from wan_core.interop import video_to_image as video_to_comfy_image
-from wan_core.vae.model import WanVAE, latent_frames, video_frames
+from wan_core.vae.model import WanVAE
+from wan_core.vae.shapes import latent_frames, video_frames
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_auto_tiling_follows_free_memory(model, monkeypatch):
     untiled = model.decode(latent, on_frame=lambda d, t: calls.append(t))
     assert calls[-1] == 2  # plenty of RAM: one pass
     need = model.estimate_peak_bytes(6, 6)
-    monkeypatch.setattr(vae_mod, "free_bytes", lambda device: need)
+    monkeypatch.setattr(budget, "free_bytes", lambda device: need)
     calls.clear()
     tiled = model.decode(latent, tile_size=4, tile_overlap=2, on_frame=lambda d, t: calls.append(t))
     assert calls[-1] == 2 * 4  # 2x2 tiles, each through both latent frames

@@ -1,0 +1,205 @@
+"""The VAE's runner: how a clip goes through the network in bounded memory (official WanVAE's encode/decode loops).
+
+Decode runs one latent frame at a time (the first gives 1 video frame, every later one 4) and writes each step
+into a preallocated output; encode runs chunks of 1, 4, 4, ... frames. Peak memory is therefore set by the
+causal caches and one step's activations, not by the clip length. For large frames the (H, W) plane is split
+into overlapping tiles, each run through all frames with its own causal cache and blended with feathered
+weights, so the peak is set by the tile size. `estimate_peak_bytes` and `plan` decide whether and how to tile.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+
+from ..memory.budget import fits
+from ..memory.tiling import TileSpec, plan_tiles
+from .model import CACHE_FRAMES, SPATIAL_FACTOR, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
+from .shapes import latent_frames, video_frames
+
+Tiling = Literal["auto", "on", "off"]
+ProgressCallback = Callable[[int, int], None]
+
+DEFAULT_TILE = 32  # latent px (256 video px) when tiling is forced on without a size
+_AUTO_TILES = (64, 48, 40, 32, 24, 16, 12, 8)  # latent px, tried largest first when tiling by memory
+
+
+def _itemsize(vae: WanVAE) -> int:
+    return torch.empty((), dtype=vae.dtype).element_size()
+
+
+def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1, decode: bool = True) -> int:
+    """Estimated working memory of one untiled streamed run on a latent of (height, width), weights excluded.
+
+    Sums the causal caches exactly (2 frames of each conv input) and adds a multiple of the largest
+    activation of one step, plus the per-frame attention matrix at the latent resolution.
+    """
+    caches, largest = 0, 0
+
+    def act(c: int, t: int, hw: int) -> None:
+        nonlocal largest
+        largest = max(largest, c * t * hw)
+
+    def res(block: ResidualBlock, t: int, hw: int) -> int:
+        nonlocal caches
+        cin, cout = block.residual[2].in_channels, block.residual[2].out_channels
+        caches += CACHE_FRAMES * (cin + cout) * hw
+        act(cin, t + CACHE_FRAMES, hw)
+        act(cout, t + CACHE_FRAMES, hw)
+        return cout
+
+    hw = height * width
+    if decode:
+        t, hw_ = 1, hw
+        caches += CACHE_FRAMES * vae.z_dim * hw_
+        layers = [*vae.decoder.middle, *vae.decoder.upsamples]
+    else:
+        t, hw_ = TEMPORAL_FACTOR, hw * SPATIAL_FACTOR**2
+        caches += CACHE_FRAMES * 3 * hw_
+        layers = [*vae.encoder.downsamples, *vae.encoder.middle]
+    c = vae.decoder.conv1.out_channels if decode else vae.encoder.conv1.out_channels
+    act(c, t, hw_)
+    for layer in layers:
+        if isinstance(layer, ResidualBlock):
+            c = res(layer, t, hw_)
+        elif isinstance(layer, Resample):
+            if layer.mode == "upsample3d":
+                caches += CACHE_FRAMES * c * hw_
+                act(2 * c, t, hw_)
+                t *= 2
+            if layer.mode.startswith("up"):
+                act(c, t, 4 * hw_)
+                hw_ *= 4
+                c //= 2
+            else:
+                hw_ //= 4
+                if layer.mode == "downsample3d":
+                    caches += c * hw_
+                    t = max(1, t // 2)
+            act(c, t, hw_)
+    caches += CACHE_FRAMES * c * hw_  # head conv
+    attention = 4 * hw * hw  # one fp32 score matrix per frame if SDPA takes its math path
+    return batch * ((caches + 6 * largest) * _itemsize(vae) + attention)
+
+
+def _auto_tile(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, forced: bool) -> int:
+    """The largest tile (latent px) whose estimated working memory fits the device's free memory."""
+    for candidate in _AUTO_TILES:
+        if forced and candidate > DEFAULT_TILE:
+            continue  # forced on with plenty of memory: still tile, at the default size
+        need = estimate_peak_bytes(vae, candidate, candidate, batch=batch, decode=decode)
+        if decode:  # the whole frame still passes the latent-resolution stages (for exact attention)
+            need += batch * (12 * vae.decoder.conv1.out_channels * height * width * _itemsize(vae)
+                             + 4 * candidate * candidate * height * width)
+        if fits(need, vae.device):
+            return candidate
+    return _AUTO_TILES[-1]
+
+
+def plan(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, tiling: Tiling,
+         tile_size: int | None, tile_overlap: int | None) -> list[TileSpec] | None:
+    """Tiles (latent px) for a run, or None for one untiled pass."""
+    if tiling not in ("auto", "on", "off"):
+        raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
+    if tiling == "off":
+        return None
+    if tiling == "auto" and fits(estimate_peak_bytes(vae, height, width, batch=batch, decode=decode), vae.device):
+        return None
+    if tile_size is None:
+        tile_size = _auto_tile(vae, height, width, batch=batch, decode=decode, forced=tiling == "on")
+    if tile_size < 2:
+        raise ValueError(f"tile_size is in latent pixels (8 video px each) and must be >= 2, got {tile_size}")
+    overlap = max(1, tile_size // 3) if tile_overlap is None else tile_overlap
+    if not 0 <= overlap <= tile_size // 2:
+        raise ValueError(f"tile_overlap must be in [0, tile_size/2] latent px, got {overlap} for tile {tile_size}")
+    if height <= tile_size and width <= tile_size:
+        return None
+    # The outer third of each overlap gets no weight (a tile's border effects live there); the blend
+    # ramp runs across the middle third.
+    scale = SPATIAL_FACTOR if decode else 1  # decode blends at video resolution, encode at latent resolution
+    return plan_tiles(height, width, tile=tile_size, overlap=overlap, scale=scale,
+                      margin=(overlap - max(1, overlap // 6)) // 2)
+
+
+def _stream(tiles: list[TileSpec] | None, steps: int, step: Callable[[TileSpec | None, int, tuple], None],
+            on_frame: ProgressCallback | None) -> None:
+    """The loop decode and encode share: every tile (or the whole plane), its steps in order with fresh causal
+    caches, `on_frame(done, total)` after each step."""
+    total, done = steps * (len(tiles) if tiles else 1), 0
+    for tile in tiles or [None]:
+        caches = (_Cache(), _Cache())  # the whole-frame stages' and the tile's own
+        for i in range(steps):
+            step(tile, i, caches)
+            done += 1
+            if on_frame is not None:
+                on_frame(done, total)
+
+
+@torch.no_grad()
+def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_size: int | None = None,
+           tile_overlap: int | None = None, on_frame: ProgressCallback | None = None,
+           out_device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised latent [B,16,T,h,w] -> video [B,3,1+4(T-1),8h,8w] float32 in [-1,1] (on `out_device`).
+
+    `on_frame(done, total)` is called after each step (one latent frame of one tile). `tile_size`/`tile_overlap`
+    are in latent px. The result is a [B,3,F,H,W] view of a channels-last [B,F,H,W,3] buffer, so
+    `interop.video_to_image` needs no copy.
+    """
+    if latent.ndim != 5 or latent.shape[1] != vae.z_dim:
+        raise ValueError(f"expected a Wan2.1 latent [B, {vae.z_dim}, T, h, w], got shape {tuple(latent.shape)}")
+    b, _, t_lat, h, w = latent.shape
+    tiles = plan(vae, h, w, batch=b, decode=True, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
+    s = SPATIAL_FACTOR
+    buffer = torch.empty(b, video_frames(t_lat), h * s, w * s, 3, dtype=torch.float32, device=out_device)
+    video = buffer.permute(0, 4, 1, 2, 3)
+    if tiles is not None:
+        buffer.zero_()
+
+    def step(tile: TileSpec | None, i: int, caches: tuple) -> None:
+        f0 = 0 if i == 0 else video_frames(i)
+        if tile is None:
+            frames = vae.decode_step(latent[:, :, i: i + 1], caches[0])
+            video[:, :, f0: f0 + frames.shape[2]] = frames
+        else:
+            (ys, xs), (out_ys, out_xs) = tile.src, tile.dst
+            frames = vae.decode_step(latent[:, :, i: i + 1], caches[0], caches[1], (ys, xs))
+            video[:, :, f0: f0 + frames.shape[2], out_ys, out_xs] += (frames * tile.weight.to(vae.device)).to(out_device)
+
+    _stream(tiles, t_lat, step, on_frame)
+    return video
+
+
+@torch.no_grad()
+def encode(vae: WanVAE, video: torch.Tensor, *, tiling: Tiling = "auto", tile_size: int | None = None,
+           tile_overlap: int | None = None, on_frame: ProgressCallback | None = None,
+           out_device: torch.device | str = "cpu") -> torch.Tensor:
+    """Video [B,3,4n+1,H,W] in [-1,1] -> normalised latent mean [B,16,n+1,H/8,W/8] float32.
+
+    Runs chunks of 1, 4, 4, ... frames; H and W must be multiples of 8; tile args as in `decode`.
+    """
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a video [B, 3, frames, H, W], got shape {tuple(video.shape)}")
+    b, _, f, height, width = video.shape
+    t_lat = latent_frames(f)
+    s = SPATIAL_FACTOR
+    if height % s or width % s:
+        raise ValueError(
+            f"the Wan VAE encodes frames whose height and width are multiples of {s}; got {width}x{height}. "
+            f"Crop or resize to {width // s * s}x{height // s * s} (or pad up to the next multiple)."
+        )
+    h, w = height // s, width // s
+    tiles = plan(vae, h, w, batch=b, decode=False, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
+    out = torch.zeros(b, vae.z_dim, t_lat, h, w, dtype=torch.float32, device=out_device)
+
+    def step(tile: TileSpec | None, i: int, caches: tuple) -> None:
+        ys, xs = tile.src if tile is not None else (slice(0, h), slice(0, w))
+        f0, f1 = (0, 1) if i == 0 else (1 + TEMPORAL_FACTOR * (i - 1), 1 + TEMPORAL_FACTOR * i)
+        mu = vae.encode_step(video[:, :, f0:f1, ys.start * s: ys.stop * s, xs.start * s: xs.stop * s], caches[0])
+        if tile is None:
+            out[:, :, i: i + 1] = mu
+        else:
+            out[:, :, i: i + 1, ys, xs] += (mu * tile.weight.to(mu.device)).to(out_device)
+
+    _stream(tiles, t_lat, step, on_frame)
+    return out
