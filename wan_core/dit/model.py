@@ -186,6 +186,23 @@ class Head(nn.Module):
         return self.head(self.norm(x) * (1 + scale) + shift)
 
 
+@dataclass
+class ForwardState:
+    """What one forward's blocks share: the token stream and what every block reads alongside it.
+
+    `embed` makes it, `run_blocks` advances `x`, `finish` turns `x` into the velocity. Keeping the three steps
+    apart lets control branches, step caches and sequence parallelism work on the token stream without
+    rewriting the forward.
+    """
+
+    x: torch.Tensor  # [B, L, dim] float32 residual stream, tokens in f, h, w order
+    e: torch.Tensor  # [B, dim] float32 time embedding (modulates the head)
+    e0: torch.Tensor  # [B, 6, dim] float32 time projection (modulates every block)
+    context: torch.Tensor  # [B, text_len, dim] embedded, zero-padded text
+    rotations: torch.Tensor  # [L, head_dim/2] complex128 RoPE rotations of the tokens
+    grid: tuple[int, int, int]  # latent grid after patching (F', H', W')
+
+
 class WanDiT(nn.Module):
     """One Wan2.2 T2V expert: (latent x, timestep t, text context) -> flow velocity, float32."""
 
@@ -227,22 +244,33 @@ class WanDiT(nn.Module):
                 before_block: Callable[[int], None] | None = None) -> torch.Tensor:
         """x [B, in_dim, F, H, W], t [B] on the 0..1000 scale, context [B, L, text_dim] or list of [L_i, text_dim]
         -> velocity [B, out_dim, F, H, W] float32. `before_block(i)` runs before block i (cancellation checks)."""
+        state = self.embed(x, t, context)
+        state.x = self.run_blocks(state, before_block)
+        return self.finish(state)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor]) -> ForwardState:
+        """Patch, time and text embeddings and the RoPE rotations: everything the blocks read."""
         b, _, frames, height, width = x.shape
         grid = self._grid(frames, height, width)
         t = torch.as_tensor(t, device=x.device).reshape(-1).expand(b)
-
-        x = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # tokens in f, h, w order
+        tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # tokens in f, h, w order
         e = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).float()).float()
         e0 = self.time_projection(e).float().unflatten(1, (6, self.config.dim))
-        context = self.text_embedding(self._pad_context(context, b, x.device))
-        rotations = self.rope.grid(*grid, device=x.device)
+        text = self.text_embedding(self._pad_context(context, b, x.device))
+        return ForwardState(tokens, e, e0, text, self.rope.grid(*grid, device=x.device), grid)
 
+    def run_blocks(self, state: ForwardState, before_block: Callable[[int], None] | None = None) -> torch.Tensor:
+        """The transformer blocks over the token stream: returns the new stream [B, L, dim] float32."""
+        x = state.x
         for i, block in enumerate(self.blocks):
             if before_block is not None:
                 before_block(i)
-            x = block(x, e0, context, rotations)
+            x = block(x, state.e0, state.context, state.rotations)
+        return x
 
-        return self._unpatchify(self.head(x, e).float(), grid)
+    def finish(self, state: ForwardState) -> torch.Tensor:
+        """Head and unpatchify: the token stream -> velocity [B, out_dim, F, H, W] float32."""
+        return self._unpatchify(self.head(state.x, state.e).float(), state.grid)
 
     def _grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         pt, ph, pw = self.config.patch_size
