@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # the harness the tests use (one implementation)
+sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))  # the harness the tests use (one implementation)
 sys.path.insert(0, str(REPO_ROOT))  # wan_core as a top-level package, for the tiny checkpoint writers
 
 from harness.client import ComfyError, output_files  # noqa: E402

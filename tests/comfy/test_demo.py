@@ -75,3 +75,13 @@ def test_demo_path_makes_a_video_in_the_session_comfyui(comfy_server, tmp_path, 
         frames = [f for f in container.decode(video=0)]
     assert len(frames) == demo.TINY["length"]
     assert (frames[0].width, frames[0].height) == (demo.TINY["width"], demo.TINY["height"])
+
+
+def test_demo_script_starts_on_its_own():
+    """`make demo` runs the script in a fresh interpreter: its own imports (harness, wan_core) must resolve there."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--help"], capture_output=True,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--keep" in done.stdout
