@@ -52,6 +52,5 @@ def test_the_cache_accounts_gguf_experts_at_their_block_bytes(tmp_path):
     assert any(isinstance(m, GGMLLinear) for m in module.modules())
     assert bytes_by_tier(module) == {"cpu": spec.size_bytes}
     streamer = BlockStreamer(module, module.blocks, "cpu")
-    assert streamer.host_bytes() == spec.size_bytes  # streaming moves the uint8 blocks like any other tensor
     block = sum(t.numel() * t.element_size() for t in list(module.blocks[0].parameters()) + list(module.blocks[0].buffers()))
     assert streamer.device_bytes() == spec.size_bytes - 2 * block  # everything outside the blocks, plus two of four
