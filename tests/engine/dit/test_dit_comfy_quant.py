@@ -143,3 +143,13 @@ def test_nvfp4_with_activation_smoothing_is_refused_by_name(comfy_files, tmp_pat
     save_file(sd, str(path))
     with pytest.raises(CheckpointError, match=r"'blocks\.0\.ffn\.0' is nvfp4 with a pre_quant_scale"):
         load_dit(path)
+
+
+def test_integer_weights_without_a_config_are_called_an_unknown_quantisation(comfy_files, tmp_path):
+    sd = {k: v for k, v in load_file(comfy_files["int8_tensorwise"][0]).items() if not k.endswith(".comfy_quant")}
+    path = tmp_path / "unlabelled.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError) as err:
+        load_dit(path)
+    assert "layer 'blocks.0.cross_attn.k' stores its weight as int8 [256, 256] with bias, weight_scale but the file " \
+           "has no quantisation config" in str(err.value) and "variant" not in str(err.value)

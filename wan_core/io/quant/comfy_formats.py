@@ -56,11 +56,22 @@ def unswizzle(scales: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return scales.reshape(-1)[index]
 
 
+_E2M1_TABLES: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _e2m1_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The 16 fp4 E2M1 values in `dtype` on `device`, built once (not copied to the GPU at every call)."""
+    key = (dtype, device)
+    if key not in _E2M1_TABLES:
+        _E2M1_TABLES[key] = torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
+    return _E2M1_TABLES[key]
+
+
 def dequantize_nvfp4(packed: torch.Tensor, block_scale: torch.Tensor, tensor_scale: torch.Tensor, out_features: int,
                      in_features: int, dtype: torch.dtype) -> torch.Tensor:
     """nvfp4 -> [out, in] in `dtype`; `block_scale` row-major [R, C/16] fp8, `tensor_scale` float32 scalar."""
     rows, cols = packed.shape[0], packed.shape[1] * 2
-    lut = torch.tensor(E2M1_VALUES, dtype=dtype, device=packed.device)
+    lut = _e2m1_table(dtype, packed.device)
     codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols).long()
     scale = (tensor_scale.to(dtype) * block_scale.to(dtype)).unsqueeze(-1)  # [R, C/16, 1]
     values = lut[codes].reshape(rows, cols // NVFP4_BLOCK, NVFP4_BLOCK) * scale

@@ -30,36 +30,41 @@ def _f16(b: torch.Tensor) -> torch.Tensor:
     return b.contiguous().view(torch.float16).float()
 
 
+_SHIFTS: dict[tuple, torch.Tensor] = {}
+
+
 def _shifts(values: tuple[int, ...], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
+    """A small uint8 shift-amount tensor, built once per device (not copied to the GPU at every call)."""
+    key = (values, shape, device)
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.tensor(values, dtype=torch.uint8, device=device).reshape(shape)
+    return _SHIFTS[key]
 
 
 def _nibbles(qs: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     """[n, groups*width] bytes -> [n, groups, 2, width]: low nibbles first, then high nibbles, per group."""
-    n = qs.shape[0]
-    return (qs.reshape(n, groups, 1, width) >> _shifts((0, 4), (1, 1, 2, 1), qs.device)) & 0x0F
+    q = qs.reshape(qs.shape[0], groups, 1, width)
+    return (q >> _shifts((0, 4), (1, 1, 2, 1), qs.device)) & 0x0F
 
 
 def _bits(qh: torch.Tensor, count: int, width: int, step: int = 1, mask: int = 1) -> torch.Tensor:
     """[n, groups*width] bytes -> [n, groups, count, width]: field k is bits (k*step ...) of each byte."""
-    n = qh.shape[0]
-    shifts = _shifts(tuple(k * step for k in range(count)), (1, 1, count, 1), qh.device)
-    return (qh.reshape(n, -1, 1, width) >> shifts) & mask
+    q = qh.reshape(qh.shape[0], -1, 1, width)
+    return (q >> _shifts(tuple(k * step for k in range(count)), (1, 1, count, 1), qh.device)) & mask
 
 
 def _q8_0(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    d = _f16(b[:, :2]).to(dtype)
-    return b[:, 2:].contiguous().view(torch.int8).to(dtype) * d
+    return b[:, 2:].contiguous().view(torch.int8).to(dtype).mul_(_f16(b[:, :2]).to(dtype))
 
 
 def _q4_0(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    q = _nibbles(b[:, 2:], 1, 16).reshape(b.shape[0], 32).to(torch.int8) - 8
-    return _f16(b[:, :2]).to(dtype) * q.to(dtype)
+    q = _nibbles(b[:, 2:], 1, 16).reshape(b.shape[0], 32)
+    return q.to(dtype).sub_(8).mul_(_f16(b[:, :2]).to(dtype))
 
 
 def _q4_1(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     q = _nibbles(b[:, 4:], 1, 16).reshape(b.shape[0], 32)
-    return _f16(b[:, :2]).to(dtype) * q.to(dtype) + _f16(b[:, 2:4]).to(dtype)
+    return q.to(dtype).mul_(_f16(b[:, :2]).to(dtype)).add_(_f16(b[:, 2:4]).to(dtype))
 
 
 def _five_bit(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
@@ -70,13 +75,12 @@ def _five_bit(qh: torch.Tensor, qs: torch.Tensor) -> torch.Tensor:
 
 
 def _q5_0(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    q = _five_bit(b[:, 2:6], b[:, 6:]).to(torch.int8) - 16
-    return _f16(b[:, :2]).to(dtype) * q.to(dtype)
+    return _five_bit(b[:, 2:6], b[:, 6:]).to(dtype).sub_(16).mul_(_f16(b[:, :2]).to(dtype))
 
 
 def _q5_1(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     q = _five_bit(b[:, 4:8], b[:, 8:])
-    return _f16(b[:, :2]).to(dtype) * q.to(dtype) + _f16(b[:, 2:4]).to(dtype)
+    return q.to(dtype).mul_(_f16(b[:, :2]).to(dtype)).add_(_f16(b[:, 2:4]).to(dtype))
 
 
 def _q2_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -86,19 +90,19 @@ def _q2_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     dl = (d * (scales & 0x0F).float()).reshape(n, 16, 1).to(dtype)
     ml = (dmin * (scales >> 4).float()).reshape(n, 16, 1).to(dtype)
     q = _bits(qs, 4, 32, step=2, mask=3).reshape(n, 16, 16)
-    return (dl * q.to(dtype) - ml).reshape(n, QK_K)
+    return q.to(dtype).mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q3_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n = b.shape[0]
     hmask, qs, packed, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
-    low = (packed[:, :8].reshape(n, 1, 8) >> _shifts((0, 4), (1, 2, 1), b.device)).reshape(n, 16) & 0x0F
-    high = (packed[:, 8:].reshape(n, 1, 4) >> _shifts((0, 2, 4, 6), (1, 4, 1), b.device)).reshape(n, 16) & 0x03
+    low = _bits(packed[:, :8], 2, 8, step=4, mask=0x0F).reshape(n, 16)
+    high = _bits(packed[:, 8:], 4, 4, step=2, mask=0x03).reshape(n, 16)
     scales = ((low | (high << 4)).to(torch.int8) - 32).float()
     dl = (d * scales).reshape(n, 16, 1).to(dtype)
     ql = _bits(qs, 4, 32, step=2, mask=3).reshape(n, 16, 16).to(torch.int8)
     qh = (_bits(hmask, 8, 32).reshape(n, 16, 16) ^ 1).to(torch.int8)  # a set mask bit means no -4 offset
-    return (dl * (ql - (qh << 2)).to(dtype)).reshape(n, QK_K)
+    return (ql - (qh << 2)).to(dtype).mul_(dl).reshape(n, QK_K)
 
 
 def _k_scale_min(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +127,7 @@ def _q4_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     n = b.shape[0]
     scale, offset = _k_affine(b, dtype)
     q = _nibbles(b[:, 16:], 4, 32).reshape(n, 8, 32)
-    return (scale * q.to(dtype) - offset).reshape(n, QK_K)
+    return q.to(dtype).mul_(scale).sub_(offset).reshape(n, QK_K)
 
 
 def _q5_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -131,7 +135,7 @@ def _q5_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     scale, offset = _k_affine(b, dtype)
     ql = _nibbles(b[:, 48:], 4, 32).reshape(n, 8, 32)
     qh = _bits(b[:, 16:48], 8, 32).reshape(n, 8, 32)
-    return (scale * (ql | (qh << 4)).to(dtype) - offset).reshape(n, QK_K)
+    return (ql | (qh << 4)).to(dtype).mul_(scale).sub_(offset).reshape(n, QK_K)
 
 
 def _q6_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -140,8 +144,8 @@ def _q6_k(b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     d = (_f16(b[:, 208:210]) * scales.contiguous().view(torch.int8).float()).reshape(n, 16, 1).to(dtype)
     low = _nibbles(ql, 2, 64).reshape(n, 8, 32)
     high = _bits(qh, 4, 32, step=2, mask=3).reshape(n, 8, 32)
-    q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16)
-    return (d * q.to(dtype)).reshape(n, QK_K)
+    q = (low | (high << 4)).reshape(n, 16, 16)
+    return q.to(dtype).sub_(32).mul_(d).reshape(n, QK_K)
 
 
 _DEQUANT: dict[str, Callable[[torch.Tensor, torch.dtype], torch.Tensor]] = {

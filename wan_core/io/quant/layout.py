@@ -139,4 +139,20 @@ def describe_quant(ckpt: Checkpoint) -> QuantLayout:
     fp8_names = {layer for layer, conf in configs.items() if conf["format"] in FP8_FORMATS}
     markers = {k for k in ckpt.keys() if k.endswith(".comfy_quant")}
     fp8 = describe_fp8(ckpt, fp8_names if configs else None, exclude=frozenset(packed))
+    _unlabelled(ckpt, packed)
     return QuantLayout(fp8, packed, markers)
+
+
+def _unlabelled(ckpt: Checkpoint, packed: dict[str, PackedLayer]) -> None:
+    """Integer weights no config explains: a quantised format we cannot identify, said as such (not 'another model')."""
+    import torch
+
+    for key, info in ckpt.infos.items():
+        layer = key[: -len(".weight")]
+        if key.endswith(".weight") and info.dtype in (torch.int8, torch.uint8) and layer not in packed:
+            extras = sorted(k[len(layer) + 1:] for k in ckpt.keys() if k.startswith(layer + ".") and k != key)
+            raise CheckpointError(
+                f"{ckpt.path}: layer '{layer}' stores its weight as {str(info.dtype).replace('torch.', '')} "
+                f"{list(info.shape)}{' with ' + ', '.join(extras) if extras else ''} but the file has no quantisation "
+                "config for it (no .comfy_quant tensor, no _quantization_metadata entry), so its format is unknown. "
+                f"This pack reads ComfyUI's {', '.join(READABLE)} files and GGUF files; use one of those.")
