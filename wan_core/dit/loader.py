@@ -162,7 +162,7 @@ def _logical_view(view: Checkpoint, quant: QuantLayout) -> tuple[Checkpoint, dic
             continue
         stored[key] = info.shape
         infos[key] = TensorInfo(logical_shape(spec, info.shape), info.dtype, packing=spec.format, nbytes=info.stored_bytes)
-    return Checkpoint(view.path, infos, view._readers, view.metadata, view.config, view.prefix), stored
+    return view.with_infos(infos), stored
 
 
 def _open(path: str | Path) -> _Opened:
@@ -322,7 +322,7 @@ def _swap_layers(model: WanDiT, plan: _Plan, opened: _Opened, compute: torch.dty
                             compute_dtype=compute)
     for layer, spec in plan.packed.items():
         scale = spec.scales.get("weight_scale")
-        per_row = scale is not None and len(opened.ckpt.infos[scale].shape) == 2
+        per_row = spec.format == "int8_tensorwise" and scale is not None and len(opened.ckpt.infos[scale].shape) == 2
         replace_linear(model, layer, lambda old, spec=spec, per_row=per_row: packed_linear(old, spec, compute, per_row))
 
 

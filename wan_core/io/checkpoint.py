@@ -97,6 +97,12 @@ class Checkpoint:
                 return Checkpoint(self.path, infos, readers, self.metadata, self.config, self.prefix + prefix)
         return self
 
+    def with_infos(self, infos: dict[str, TensorInfo]) -> "Checkpoint":
+        """The same tensors described by `infos` (same keys): e.g. packed weights listed at their logical shape."""
+        if set(infos) != set(self.infos):
+            raise ValueError("with_infos must describe exactly the checkpoint's keys")
+        return Checkpoint(self.path, infos, self._readers, self.metadata, self.config, self.prefix)
+
     def rename(self, mapping: Callable[[str], str | None]) -> "Checkpoint":
         """Return a view with keys renamed by `mapping` (None drops a key)."""
         infos, readers = {}, {}
