@@ -34,12 +34,14 @@ class WanMoEModelLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("high_noise_model", options=high, default=_default(high, COMFY_FILES["high_fp16"]),
                                tooltip="High-noise expert (runs while t >= boundary x 1000), from models/diffusion_models: "
-                                       "a single file (fp16/bf16/fp8_scaled) or an official high_noise_model/ folder's index."),
+                                       "a single file (fp16/bf16/fp8_scaled, nvfp4/mxfp8/int8, GGUF Q8_0...Q3_K_S), an official "
+                                       "high_noise_model/ folder or a diffusers pipeline's transformer/ (by their index)."),
                 io.Combo.Input("low_noise_model", options=low, default=_default(low, COMFY_FILES["low_fp16"]),
                                tooltip="Low-noise expert (runs below the boundary), from models/diffusion_models."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPE_OPTIONS), default="auto",
                                tooltip="Precision the weights are kept in. auto keeps each file's stored precision "
-                                       "(scaled fp8 included); fp8 halves memory and is computed in bf16/fp16 layer by layer."),
+                                       "(scaled fp8, GGUF and nvfp4/mxfp8/int8 stay packed and are dequantised layer by layer); "
+                                       "fp8 halves memory and is computed in bf16/fp16 layer by layer."),
                 io.Combo.Input("placement", options=list(PLACEMENTS), default="auto",
                                tooltip="Where the experts live. auto picks from free VRAM/RAM: resident (both on the GPU), "
                                        "swap (one on the GPU at a time, swapped at the boundary step), stream (transformer "
@@ -89,7 +91,8 @@ class WanMoETextEncoderLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("text_encoder", options=choices, default=_default(choices, COMFY_FILES["t5_fp16"]),
                                tooltip="umT5-XXL weights from models/text_encoders: umt5_xxl_fp16.safetensors, "
-                                       "umt5_xxl_fp8_e4m3fn_scaled.safetensors or the official models_t5_umt5-xxl-enc-bf16.pth."),
+                                       "umt5_xxl_fp8_e4m3fn_scaled.safetensors, the official models_t5_umt5-xxl-enc-bf16.pth, a "
+                                       "Hugging Face umT5 folder or a diffusers pipeline's text_encoder/ (listed as folders)."),
                 io.Combo.Input("device", options=list(TEXT_DEVICES), default="gpu",
                                tooltip="Where the encoder runs. cpu saves about 11 GB of VRAM (bf16) at the cost of a "
                                        "slower encode; repeated prompts come from the cache either way."),
@@ -120,7 +123,8 @@ class WanMoEVAELoader(io.ComfyNode):
             category=CATEGORY,
             inputs=[
                 io.Combo.Input("vae", options=choices, default=_default(choices, COMFY_FILES["vae"]),
-                               tooltip="wan_2.1_vae.safetensors (Comfy-Org) or the official Wan2.1_VAE.pth, from models/vae. "
+                               tooltip="wan_2.1_vae.safetensors (Comfy-Org), the official Wan2.1_VAE.pth (models/vae) or a "
+                                       "diffusers pipeline's vae/ folder. "
                                        "The Wan2.2 VAE (48 channels) belongs to the 5B model and does not fit A14B."),
                 io.Combo.Input("dtype", options=list(VAE_DTYPES), default="bf16",
                                tooltip="Compute precision of the VAE (the official code runs it in fp32; bf16 halves memory)."),

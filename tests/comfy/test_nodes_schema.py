@@ -81,7 +81,12 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
 
 
 @pytest.fixture(scope="module")
-def info(comfy_client) -> dict:
+def info(comfy_server, comfy_client) -> dict:
+    # The public file names are the defaults when those files are present; other tests' files in the shared
+    # folders must not change that, so the public tiny files are made present here (not left to test order).
+    from nodes_testing import ensure_tiny_models, workflow_model_files
+
+    ensure_tiny_models(comfy_server, workflow_model_files("wan22_t2v_a14b_720p"))
     return comfy_client.object_info()
 
 

@@ -10,22 +10,25 @@ a second copy of the weights.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 import torch.nn as nn
 
 from ..config import COMPUTE_DTYPES, WEIGHT_DTYPES
-from ..io.checkpoint import INDEX_SUFFIX, Checkpoint, CheckpointError, TensorInfo, file_identity, open_checkpoint
-from .model import DiTConfig, WanDiT
+from ..io.checkpoint import Checkpoint, CheckpointError, TensorInfo, file_identity, open_checkpoint
+from ..io.quant import FP8_DTYPES, Fp8Layout, quantize_fp8, swap_in_fp8_linears
+from ..io.quant.comfy_formats import FORMATS as COMFY_FORMATS, storage_shapes
+from ..io.quant.layout import PackedLayer, QuantLayout, describe_quant
+from ..io.quant.linear import replace_linear
+from ..io.quant.packed import dequantize_packed, logical_shape, packed_linear, read_packed
+from ..io.reader import TensorReader
 from .keys import diffusers_to_official, is_diffusers_layout
-from ..io.quant import FP8_DTYPES, Fp8Layout, describe_fp8, swap_in_fp8_linears
+from .model import DiTConfig, WanDiT
 
 PREFIXES = ("model.diffusion_model.", "model.")
 _BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
@@ -42,8 +45,9 @@ class DiTInfo:
     layout: str  # "official_folder", "single_file" or "diffusers"
     fp8: str | None  # None, "plain", "scaled_fp8" or "quant_metadata"
     stored_dtype: torch.dtype  # the dtype most of the weight bytes are stored in
-    weight_bytes: int
+    weight_bytes: int  # bytes the loaded tensors take at weight_dtype auto (stored formats kept)
     path: Path
+    quant: str | None = None  # e.g. "GGUF Q4_K+Q6_K", "nvfp4", "scaled_fp8"
 
 
 # ---------------------------------------------------------------------------------------------- recognition
@@ -137,10 +141,28 @@ def config_from_tensors(ckpt: Checkpoint, path: Path | None = None) -> DiTConfig
 
 @dataclass
 class _Opened:
-    ckpt: Checkpoint  # official key names
+    ckpt: Checkpoint  # official key names; packed nvfp4/mxfp8/int8 weights listed at their [out, in] shape
     source: dict[str, str]  # official key -> key as stored in the file
     layout: str
-    fp8: Fp8Layout | None
+    quant: QuantLayout
+    stored_shapes: dict[str, tuple[int, ...]]  # packed weights' shapes as stored
+
+    @property
+    def fp8(self) -> Fp8Layout | None:
+        return self.quant.fp8
+
+
+def _logical_view(view: Checkpoint, quant: QuantLayout) -> tuple[Checkpoint, dict[str, tuple[int, ...]]]:
+    """`view` with each ComfyUI-packed weight's info at the [out, in] shape it holds (GGUF infos already are)."""
+    infos, stored = dict(view.infos), {}
+    for layer, spec in quant.packed.items():
+        key = layer + ".weight"
+        info = infos.get(key)
+        if info is None or info.packing or spec.format not in COMFY_FORMATS:
+            continue
+        stored[key] = info.shape
+        infos[key] = TensorInfo(logical_shape(spec, info.shape), info.dtype, packing=spec.format, nbytes=info.stored_bytes)
+    return view.with_infos(infos), stored
 
 
 def _open(path: str | Path) -> _Opened:
@@ -154,11 +176,18 @@ def _open(path: str | Path) -> _Opened:
         stripped = key[len(view.prefix):] if view.prefix and key.startswith(view.prefix) else key
         source[diffusers_to_official(stripped) if diffusers else stripped] = key
     layout = "diffusers" if diffusers else "official_folder" if raw.path.is_dir() else "single_file"
-    return _Opened(view, source, layout, describe_fp8(view))
+    if "patch_embedding.weight" not in view:
+        _fail_unless_dit(view, Path(view.path))  # name what the file is before reading its quantisation
+    quant = describe_quant(view)
+    view, stored = _logical_view(view, quant)
+    return _Opened(view, source, layout, quant, stored)
+
+
+_NOT_LOADED = (".comfy_quant", ".input_scale", ".scale_input")
 
 
 def inspect_dit(path: str | Path) -> DiTInfo:
-    """Configuration, layout, fp8 format and sizes of a DiT checkpoint, from headers only (read once per file identity)."""
+    """Configuration, layout, storage format and sizes of a DiT checkpoint, from headers only (read once per file identity)."""
     try:
         identity = file_identity(path)
     except OSError:  # missing or unreadable: let the checkpoint reader say so in its own words
@@ -172,156 +201,41 @@ def _inspect(identity: tuple) -> DiTInfo:
     opened = _open(identity[0])
     ckpt = opened.ckpt
     config = config_from_tensors(ckpt, ckpt.path)
+    markers = set(opened.fp8.marker_keys) if opened.fp8 else set()
     by_dtype: dict[torch.dtype, int] = {}
-    for info in ckpt.infos.values():
-        by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + math.prod(info.shape) * info.dtype.itemsize
+    loaded = 0
+    for key, info in ckpt.infos.items():
+        by_dtype[info.dtype] = by_dtype.get(info.dtype, 0) + info.stored_bytes
+        if not key.endswith(_NOT_LOADED) and key not in markers:
+            loaded += info.stored_bytes
     stored = max(by_dtype, key=by_dtype.get)
-    return DiTInfo(config, opened.layout, opened.fp8.format if opened.fp8 else None, stored, ckpt.weight_bytes(),
-                   Path(ckpt.path))
-
-
-# ------------------------------------------------------------------------------------------ reading tensors
-
-def _safetensors_locations(path: Path) -> dict[str, tuple[Path, int, int]]:
-    """Stored key -> (file, byte offset, byte length) for safetensors sources; {} for pickles."""
-    if path.is_dir():
-        indexes = sorted(path.glob("*" + INDEX_SUFFIX))
-        if indexes:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            files = sorted({path / name for name in weight_map.values()})
-        else:
-            weight_map, files = None, sorted(path.glob("*.safetensors"))
-    elif path.name.lower().endswith((".safetensors", ".sft")):
-        weight_map, files = None, [path]
-    else:
-        return {}
-    locations = {}
-    for file in files:
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        for key, entry in header.items():
-            if weight_map is None or weight_map.get(key) == file.name:
-                start, end = entry["data_offsets"]
-                locations[key] = (file, 8 + n + start, end - start)
-    return locations
-
-
-_STAGING_BYTES = 4 << 20  # one reusable read buffer
-_CHUNK_ELEMENTS = 1 << 20  # elements converted at a time: a 4 MiB float32 work buffer
-
-
-class _Reader:
-    """Reads stored tensors with plain file reads (nothing mmapped stays resident), converting chunk by chunk
-    through one reusable buffer, so RAM holds the final tensors plus at most a few chunk-sized temporaries."""
-
-    def __init__(self, opened: _Opened, device: torch.device) -> None:
-        self.opened, self.device = opened, device
-        self.locations = _safetensors_locations(Path(opened.ckpt.path))
-        self.files: dict[Path, BinaryIO] = {}
-        self._staging: torch.Tensor | None = None
-        self._work: torch.Tensor | None = None
-
-    def info(self, key: str) -> TensorInfo:
-        return self.opened.ckpt.infos[key]
-
-    def _read_bytes(self, key: str, offset: int, out: torch.Tensor) -> None:
-        """Fill the uint8 tensor `out` with the stored bytes of `key` starting `offset` bytes into it."""
-        stored = self.opened.source[key]
-        file, start, nbytes = self.locations[stored]
-        try:
-            handle = self.files.get(file) or self.files.setdefault(file, open(file, "rb"))
-            handle.seek(start + offset)
-            got = handle.readinto(out.numpy())
-        except OSError as exc:
-            raise CheckpointError(f"{file}: could not read tensor '{stored}' ({exc}). Check that the file is still "
-                                  "there and readable.") from exc
-        if got != out.numel():
-            raise CheckpointError(f"{file}: tensor '{stored}' ends after {offset + got} of {nbytes} bytes; the file "
-                                  "is truncated. Download it again.")
-
-    def chunks(self, key: str):
-        """(element offset, flat chunk in the stored dtype on the device), valid until the next chunk."""
-        info = self.info(key)
-        numel = math.prod(info.shape)
-        itemsize = info.dtype.itemsize
-        step = min(_CHUNK_ELEMENTS, _STAGING_BYTES // itemsize)
-        stored = self.opened.source[key]
-        if stored not in self.locations:  # .pth: slices of torch.load(mmap=True) views
-            flat = self.opened.ckpt.get(key).reshape(-1)
-            for start in range(0, numel, step):
-                yield start, flat[start:start + step].to(self.device)
-            return
-        nbytes = self.locations[stored][2]
-        if nbytes != numel * itemsize:
-            raise CheckpointError(f"{self.locations[stored][0]}: tensor '{stored}' stores {nbytes} bytes for shape "
-                                  f"{list(info.shape)} {info.dtype}; the file is corrupt. Download it again.")
-        if self._staging is None:
-            self._staging = torch.empty(_STAGING_BYTES, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-        for start in range(0, numel, step):
-            count = min(step, numel - start)
-            buffer = self._staging[: count * itemsize]
-            self._read_bytes(key, start * itemsize, buffer)
-            yield start, buffer.view(info.dtype).to(self.device)
-
-    def read(self, key: str, dtype: torch.dtype | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The whole tensor on the device as `dtype` (stored dtype if None), times `scale` (in float32) if given."""
-        info = self.info(key)
-        dtype = dtype or info.dtype
-        out = torch.empty(info.shape, dtype=dtype, device=self.device)
-        flat = out.view(-1)
-        if scale is None and dtype == info.dtype and self.device.type == "cpu" \
-                and self.opened.source[key] in self.locations:
-            if flat.numel():  # straight from the file into the final tensor
-                self._read_bytes(key, 0, flat.view(torch.uint8))
-            return out
-        for start, chunk in self.chunks(key):
-            flat[start:start + chunk.numel()].copy_(chunk if scale is None else self._scaled(chunk, scale))
-        return out
-
-    def _scaled(self, chunk: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-        """chunk × scale in float32, in a reusable work buffer (no per-chunk allocations to fragment the heap)."""
-        if self._work is None:
-            self._work = torch.empty(_CHUNK_ELEMENTS, dtype=torch.float32, device=self.device)
-        work = self._work[: chunk.numel()]
-        work.copy_(chunk)
-        return work.mul_(scale) if scale is not None else work
-
-    def quantized(self, key: str, storage: torch.dtype, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-tensor scaled fp8 of (stored value × scale): quant.quantize_fp8's arithmetic, streamed in two passes."""
-        amax = torch.zeros((), dtype=torch.float32, device=self.device)
-        for _, chunk in self.chunks(key):
-            if chunk.numel():
-                amax = torch.maximum(amax, self._scaled(chunk, scale).abs_().amax())
-        new_scale = amax.clamp(min=1e-12) / torch.finfo(storage).max
-        out = torch.empty(self.info(key).shape, dtype=storage, device=self.device)
-        flat = out.view(-1)
-        for start, chunk in self.chunks(key):
-            flat[start:start + chunk.numel()].copy_(self._scaled(chunk, scale).div_(new_scale))
-        return out, new_scale.reshape(())
-
-    def scalar(self, key: str) -> torch.Tensor:
-        """A one-value tensor (an fp8 scale) as a float32 scalar on the device."""
-        return self.read(key, torch.float32).reshape(())
-
-    def close(self) -> None:
-        for handle in self.files.values():
-            handle.close()
-        self.files.clear()
+    return DiTInfo(config, opened.layout, opened.fp8.format if opened.fp8 else None, stored, loaded,
+                   Path(ckpt.path), opened.quant.summary())
 
 
 # ------------------------------------------------------------------------------------------------- loading
 
-def _bookkeeping(ckpt: Checkpoint, fp8: Fp8Layout | None) -> set[str]:
-    keys = {k for k in ckpt.keys() if k.endswith(".comfy_quant")}
-    return keys | (fp8.bookkeeping_keys() if fp8 else set())
+def _check_packed(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Path) -> None:
+    """ComfyUI-packed weights and their block scales stored at the shapes their format gives for the layer."""
+    ckpt = opened.ckpt
+    for layer, spec in opened.quant.packed.items():
+        key = layer + ".weight"
+        if key not in opened.stored_shapes or len(expected.get(key, ())) != 2:
+            continue
+        want = storage_shapes(spec.format, *expected[key])
+        found = {"weight": opened.stored_shapes[key]}
+        found.update({role: ckpt.infos[k].shape for role, k in spec.scales.items() if role in want})
+        bad = [role for role in want if tuple(found.get(role, ())) != want[role]]
+        if bad:
+            raise CheckpointError(f"{path}: layer '{layer}' ({spec.format}) stores {bad[0]} as "
+                                  f"{list(found.get(bad[0], ()))}; a {list(expected[key])} layer in {spec.format} "
+                                  f"needs {list(want[bad[0]])}. The file is corrupt or mixes two models.")
 
 
 def _check_keys(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Path) -> None:
     """Every needed tensor present with its exact shape, nothing unknown: else a CheckpointError listing what differs."""
     ckpt, fp8 = opened.ckpt, opened.fp8
-    stored = set(ckpt.keys()) - _bookkeeping(ckpt, fp8)
+    stored = set(ckpt.keys()) - opened.quant.bookkeeping_keys()
     missing = sorted(set(expected) - stored)
     if missing:
         raise CheckpointError(
@@ -332,12 +246,15 @@ def _check_keys(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Pat
         raise CheckpointError(
             f"{path}: {len(unexpected)} tensors are not part of a Wan2.2 T2V DiT, e.g. {', '.join(unexpected[:5])}. "
             "It is a different model variant (or has extra modules merged in). " + _EXPECTED)
-    wrong = [(k, ckpt.infos[k].shape, shape) for k, shape in expected.items() if ckpt.infos[k].shape != shape]
+    padded = {k for k in opened.stored_shapes}
+    wrong = [(k, ckpt.infos[k].shape, shape) for k, shape in expected.items()
+             if k not in padded and ckpt.infos[k].shape != shape]
     if wrong:
         k, found, want = wrong[0]
         raise CheckpointError(
             f"{path}: tensor '{k}' has shape {list(found)} but this model (width {_width(expected)}) needs "
             f"{list(want)} ({len(wrong)} tensors differ). The file is corrupt or mixes two models; download it again.")
+    _check_packed(opened, expected, path)
     if fp8:
         for layer, scale_key in fp8.layers.items():
             if scale_key and math.prod(ckpt.infos[scale_key].shape) != 1:
@@ -372,56 +289,101 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
         owner._buffers[leaf] = value
 
 
+@dataclass
+class _Plan:
+    """How each layer is stored once loaded."""
+
+    fp8: dict[str, torch.dtype]  # layer -> fp8 storage dtype (Fp8Linear)
+    file_fp8: dict[str, torch.dtype]  # layers the file stores in fp8 with a per-tensor scale
+    packed: dict[str, PackedLayer]  # layers kept packed (GGML / nvfp4 / mxfp8 / int8 Linears)
+    plain: torch.dtype | None  # dtype of everything else; None = as stored
+
+
+def _plan(opened: _Opened, model: WanDiT, expected: dict[str, tuple[int, ...]], target: torch.dtype | None) -> _Plan:
+    ckpt, fp8 = opened.ckpt, opened.fp8
+    file_fp8 = {layer: ckpt.infos[layer + ".weight"].dtype for layer in (fp8.layers if fp8 else {})
+                if ckpt.infos[layer + ".weight"].dtype in FP8_DTYPES}
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if target is None:  # auto: fp8 layers stay fp8 and packed Linears stay packed, in their stored formats
+        fp8_layers = dict(file_fp8)
+        packed = {layer: spec for layer, spec in opened.quant.packed.items() if layer in linears}
+    elif target in FP8_DTYPES:  # quantize the block Linears (and re-encode other fp8 layers) to the chosen format
+        fp8_layers = {layer: target for layer in file_fp8}
+        fp8_layers.update({m.group(0): target for k in expected if (m := _BLOCK_LINEAR.match(k.rpartition(".")[0]))})
+        packed = {}
+    else:
+        fp8_layers, packed = {}, {}
+    return _Plan(fp8_layers, file_fp8, packed, target if target not in FP8_DTYPES else None)
+
+
+def _swap_layers(model: WanDiT, plan: _Plan, opened: _Opened, compute: torch.dtype) -> None:
+    for storage in set(plan.fp8.values()):
+        swap_in_fp8_linears(model, {n for n, d in plan.fp8.items() if d == storage}, storage_dtype=storage,
+                            compute_dtype=compute)
+    for layer, spec in plan.packed.items():
+        scale = spec.scales.get("weight_scale")
+        per_row = spec.format == "int8_tensorwise" and scale is not None and len(opened.ckpt.infos[scale].shape) == 2
+        replace_linear(model, layer, lambda old, spec=spec, per_row=per_row: packed_linear(old, spec, compute, per_row))
+
+
+def _fill_fp8(model: WanDiT, name: str, plan: _Plan, opened: _Opened, reader: TensorReader) -> None:
+    """An fp8 layer's weight (kept, quantized or re-encoded) and its scale; or a file fp8 weight dequantized."""
+    layer = name.rpartition(".")[0]
+    scale_key = opened.fp8.layers.get(layer, "") if opened.fp8 and layer in plan.file_fp8 else ""
+    file_scale = reader.scalar(scale_key) if scale_key else None
+    if layer not in plan.fp8:  # an fp8 layer loaded as a plain Linear: dequantize
+        scale = file_scale if file_scale is not None else torch.ones((), device=reader.device)
+        _assign(model, name, reader.read(name, plan.plain or torch.float32, scale))
+        return
+    storage = plan.fp8[layer]
+    if plan.file_fp8.get(layer) == storage:  # kept as stored
+        weight = reader.read(name)
+        scale = file_scale if file_scale is not None else torch.ones((), device=reader.device)
+    elif layer in opened.quant.packed:  # packed in the file: dequantized, then quantized to fp8
+        weight, scale = quantize_fp8(dequantize_packed(reader, name, opened.quant.packed[layer], opened.ckpt.infos[name].shape), storage)
+    else:  # quantized from higher precision, or re-encoded from the other fp8 format
+        weight, scale = reader.quantized(name, storage, file_scale)
+    _assign(model, name, weight)
+    _assign(model, layer + ".weight_scale", scale)
+
+
+def _fill(model: WanDiT, name: str, plan: _Plan, opened: _Opened, reader: TensorReader, shape: tuple[int, ...]) -> None:
+    """Read one expected tensor into the model as the plan stores it."""
+    layer, _, leaf = name.rpartition(".")
+    if layer in plan.packed and leaf == "weight":
+        for part, value in read_packed(reader, layer, plan.packed[layer], *shape).items():
+            _assign(model, f"{layer}.{part}", value)
+    elif leaf == "weight" and (layer in plan.fp8 or layer in plan.file_fp8):
+        _fill_fp8(model, name, plan, opened, reader)
+    elif layer in plan.fp8 and leaf == "weight_scale":
+        return  # set together with the weight
+    elif leaf == "weight" and layer in opened.quant.packed:  # packed in the file, not kept packed: dequantize
+        value = dequantize_packed(reader, name, opened.quant.packed[layer], shape)
+        _assign(model, name, value.to(plan.plain or torch.float32))
+    else:
+        _assign(model, name, reader.read(name, plan.plain))
+
+
 def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dtype: str = "auto",
              compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa") -> WanDiT:
     """Load a DiT expert from any supported layout straight to `device`; weight_dtype auto keeps stored precision."""
     device = torch.device(device)
     target, compute = _resolve_dtypes(weight_dtype, compute_dtype, device)
     opened = _open(path)
-    ckpt, fp8, path = opened.ckpt, opened.fp8, Path(opened.ckpt.path)
+    ckpt, path = opened.ckpt, Path(opened.ckpt.path)
     config = config_from_tensors(ckpt, path)
 
     with torch.device("meta"):
         model = WanDiT(config, attention=attention)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     _check_keys(opened, expected, path)
+    plan = _plan(opened, model, expected, target)
+    _swap_layers(model, plan, opened, compute)
 
-    file_fp8 = {layer: ckpt.infos[layer + ".weight"].dtype for layer in (fp8.layers if fp8 else {})
-                if ckpt.infos[layer + ".weight"].dtype in FP8_DTYPES}
-    if target is None:  # auto: fp8 layers stay fp8 in their stored format
-        fp8_layers = dict(file_fp8)
-    elif target in FP8_DTYPES:  # quantize the block Linears (and re-encode other fp8 layers) to the chosen format
-        fp8_layers = {layer: target for layer in file_fp8}
-        fp8_layers.update({m.group(0): target for k in expected if (m := _BLOCK_LINEAR.match(k.rpartition(".")[0]))})
-    else:
-        fp8_layers = {}
-    for storage in set(fp8_layers.values()):
-        swap_in_fp8_linears(model, {n for n, d in fp8_layers.items() if d == storage}, storage_dtype=storage,
-                            compute_dtype=compute)
-
-    plain = target if target not in FP8_DTYPES else None  # dtype of everything else; None = as stored
-    reader = _Reader(opened, device)
+    reader = TensorReader(ckpt, opened.source, device)
     try:
-        for name in expected:
-            layer, _, leaf = name.rpartition(".")
-            scale_key = fp8.layers.get(layer, "") if fp8 and layer in file_fp8 else ""
-            file_scale = reader.scalar(scale_key) if scale_key and leaf == "weight" else None
-            if layer in fp8_layers and leaf == "weight":
-                storage = fp8_layers[layer]
-                if file_fp8.get(layer) == storage:  # kept as stored
-                    weight = reader.read(name)
-                    scale = file_scale if file_scale is not None else torch.ones((), device=device)
-                else:  # quantized from higher precision, or re-encoded from the other fp8 format
-                    weight, scale = reader.quantized(name, storage, file_scale)
-                _assign(model, name, weight)
-                _assign(model, layer + ".weight_scale", scale)
-            elif layer in fp8_layers and leaf == "weight_scale":
-                continue  # set together with the weight
-            elif layer in file_fp8 and leaf == "weight":  # an fp8 layer loaded as a plain Linear: dequantize
-                scale = file_scale if file_scale is not None else torch.ones((), device=device)
-                _assign(model, name, reader.read(name, plain or torch.float32, scale))
-            else:
-                _assign(model, name, reader.read(name, plain))
+        for name, shape in expected.items():
+            _fill(model, name, plan, opened, reader, shape)
     finally:
         reader.close()
 

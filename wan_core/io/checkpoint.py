@@ -26,10 +26,21 @@ INDEX_SUFFIX = ".safetensors.index.json"
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Shape and dtype of a stored tensor, known without reading its data."""
+    """Shape and dtype of a stored tensor, known without reading its data.
+
+    For a packed tensor (GGUF's GGML block types) `shape` is the logical shape, `dtype` uint8, `packing` the
+    format's name and `nbytes` the stored size; `Checkpoint.get` then returns the raw blocks.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
+    packing: str | None = None
+    nbytes: int | None = None
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes the tensor takes as stored."""
+        return self.nbytes if self.nbytes is not None else _numel(self.shape) * _itemsize(self.dtype)
 
 
 @dataclass
@@ -86,6 +97,12 @@ class Checkpoint:
                 return Checkpoint(self.path, infos, readers, self.metadata, self.config, self.prefix + prefix)
         return self
 
+    def with_infos(self, infos: dict[str, TensorInfo]) -> "Checkpoint":
+        """The same tensors described by `infos` (same keys): e.g. packed weights listed at their logical shape."""
+        if set(infos) != set(self.infos):
+            raise ValueError("with_infos must describe exactly the checkpoint's keys")
+        return Checkpoint(self.path, infos, self._readers, self.metadata, self.config, self.prefix)
+
     def rename(self, mapping: Callable[[str], str | None]) -> "Checkpoint":
         """Return a view with keys renamed by `mapping` (None drops a key)."""
         infos, readers = {}, {}
@@ -99,7 +116,7 @@ class Checkpoint:
     def weight_bytes(self, itemsize: int | None = None) -> int:
         """Bytes the tensors take once loaded: as stored, or at `itemsize` bytes per element (at least one byte each)."""
         if itemsize is None:
-            return sum(_numel(i.shape) * _itemsize(i.dtype) for i in self.infos.values())
+            return sum(i.stored_bytes for i in self.infos.values())
         return sum(max(1, _numel(i.shape)) * itemsize for i in self.infos.values())
 
 
@@ -116,7 +133,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 _ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
@@ -249,7 +266,7 @@ def _open_index(index_path: Path, config: dict | None = None) -> Checkpoint:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a weights file or official folder lazily; raise CheckpointError with advice when it cannot be used."""
+    """Open a weights file (safetensors, GGUF, .pth) or official folder lazily; raise CheckpointError with advice when it cannot be used."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or folder. Check the path and the model folder it should be in.")
@@ -264,8 +281,13 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if name.endswith(_PICKLE_SUFFIXES):
         infos, readers = _open_pickle(p)
         return Checkpoint(p, infos, readers)
+    if name.endswith(".gguf"):
+        from .gguf import open_gguf
+
+        infos, readers, metadata = open_gguf(p)
+        return Checkpoint(p, infos, readers, metadata)
     raise CheckpointError(
-        f"{p}: unsupported file type '{p.suffix}'. Expected .safetensors, a sharded folder with "
+        f"{p}: unsupported file type '{p.suffix}'. Expected .safetensors, .gguf, a sharded folder with "
         f"{INDEX_SUFFIX}, or a .pth/.pt state dict."
     )
 

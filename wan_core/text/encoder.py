@@ -236,8 +236,8 @@ def _find_tokenizer(ckpt: Checkpoint, path: Path, tokenizer_path: str | os.PathL
         return load_tokenizer(near)
     raise CheckpointError(
         f"{path}: found no umT5 tokenizer: the file has no embedded '{SPIECE_KEY}' and there is no spiece.model or "
-        "tokenizer.json next to it (nor in google/umt5-xxl/). Put the tokenizer folder of the official checkpoint "
-        "(google/umt5-xxl/) next to the weights, or give its path.")
+        "tokenizer.json next to it (nor in google/umt5-xxl/, nor in a diffusers pipeline's tokenizer/ beside it). "
+        "Put the tokenizer folder of the official checkpoint (google/umt5-xxl/) next to the weights, or give its path.")
 
 
 def load_text_encoder(path: str | os.PathLike, *, device: torch.device | str = "cpu", dtype: str = "auto",

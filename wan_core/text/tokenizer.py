@@ -142,11 +142,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 def find_tokenizer_near(weights: str | os.PathLike) -> Path | None:
-    """A tokenizer folder/file next to a weights file: the folder itself, google/umt5-xxl/, umt5-xxl/, tokenizer/."""
+    """A tokenizer folder/file next to a weights file: the folder itself, google/umt5-xxl/, umt5-xxl/, tokenizer/,
+    or the `tokenizer/` beside a diffusers pipeline's `text_encoder/` folder."""
     p = Path(weights)
     base = p if p.is_dir() else p.parent
     for folder in (base, base / "google" / "umt5-xxl", base / "umt5-xxl", base / "tokenizer",
-                   base.parent / "google" / "umt5-xxl"):
+                   base.parent / "google" / "umt5-xxl", base.parent / "tokenizer"):
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 return folder / name

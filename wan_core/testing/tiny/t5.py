@@ -161,8 +161,13 @@ def write_comfy(path: str | os.PathLike, cfg: T5Config | None = None, seed: int 
 
 
 def write_hf_folder(folder: str | os.PathLike, cfg: T5Config | None = None, seed: int = 0,
-                    dtype: torch.dtype = torch.float32) -> Path:
-    """A Hugging Face `UMT5EncoderModel` folder (config.json + model.safetensors + spiece.model), via transformers."""
+                    dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
+                    tokenizer: bool = True) -> Path:
+    """A Hugging Face `UMT5EncoderModel` folder (config.json + model.safetensors + spiece.model), via transformers.
+
+    max_shard_size: shard the weights as transformers does for big models (model-0000N-of-0000M.safetensors +
+    model.safetensors.index.json); tokenizer=False leaves spiece.model out (a diffusers pipeline keeps it in a
+    sibling tokenizer/ folder)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     from ...text.encoder import official_to_hf
@@ -177,8 +182,9 @@ def write_hf_folder(folder: str | os.PathLike, cfg: T5Config | None = None, seed
     sd = {official_to_hf(k): v for k, v in random_official_state(cfg, seed).items()}
     sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
     model.load_state_dict(sd, strict=False)
-    model.to(dtype).save_pretrained(str(folder))
-    (folder / "spiece.model").write_bytes(tiny_spm_bytes())
+    model.to(dtype).save_pretrained(str(folder), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    if tokenizer:
+        (folder / "spiece.model").write_bytes(tiny_spm_bytes())
     return folder
 
 

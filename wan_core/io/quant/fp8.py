@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .checkpoint import Checkpoint
+from ..checkpoint import Checkpoint
+from .linear import DequantLinear, replace_linear
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
@@ -40,21 +40,27 @@ class Fp8Layout:
         return {k for k in self.layers.values() if k} | set(self.input_scales.values()) | set(self.marker_keys)
 
 
-def describe_fp8(ckpt: Checkpoint) -> Fp8Layout | None:
-    """Describe the fp8 layers of a checkpoint, or None when no weight is stored as fp8."""
-    fp8_weights = [k[: -len(".weight")] for k, i in ckpt.infos.items() if k.endswith(".weight") and i.dtype in FP8_DTYPES]
+def describe_fp8(ckpt: Checkpoint, listed: set[str] | None = None, exclude: frozenset[str] = frozenset()) -> Fp8Layout | None:
+    """Describe the fp8 layers of a checkpoint, or None when no weight is stored as fp8.
+
+    `listed`: the layers a quantisation config names as fp8 (None: read `_quantization_metadata` here);
+    `exclude`: layers stored in another format whose weights happen to be fp8 too (mxfp8).
+    """
+    fp8_weights = [k[: -len(".weight")] for k, i in ckpt.infos.items()
+                   if k.endswith(".weight") and i.dtype in FP8_DTYPES and k[: -len(".weight")] not in exclude]
     if not fp8_weights:
         return None
     markers = tuple(k for k in ckpt.infos if k == "scaled_fp8" or k.endswith(".scaled_fp8"))
     raw_meta = ckpt.metadata.get("_quantization_metadata")
-    if raw_meta:
+    if raw_meta or listed:
         fmt = "quant_metadata"
-        try:
-            listed = set(json.loads(raw_meta).get("layers", {}))
-        except json.JSONDecodeError:
-            listed = set()
-        prefix = ckpt.prefix
-        listed = {name[len(prefix):] if prefix and name.startswith(prefix) else name for name in listed}
+        if listed is None:
+            try:
+                listed = set(json.loads(raw_meta).get("layers", {}))
+            except json.JSONDecodeError:
+                listed = set()
+            prefix = ckpt.prefix
+            listed = {name[len(prefix):] if prefix and name.startswith(prefix) else name for name in listed}
         names = sorted(set(fp8_weights) | (listed & {k[: -len(".weight")] for k in ckpt.infos if k.endswith(".weight")}))
     else:
         fmt = "scaled_fp8" if markers or any(k.endswith(_SCALE_SUFFIXES) for k in ckpt.infos) else "plain"
@@ -68,14 +74,12 @@ def describe_fp8(ckpt: Checkpoint) -> Fp8Layout | None:
     return layout
 
 
-class Fp8Linear(nn.Module):
+class Fp8Linear(DequantLinear):
     """A Linear whose weight is stored in fp8 with a per-tensor scale and upcast for each call."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, storage_dtype: torch.dtype = torch.float8_e4m3fn,
                  compute_dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.compute_dtype = compute_dtype
+        super().__init__(in_features, out_features, compute_dtype)
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=storage_dtype, device=device), requires_grad=False)
         self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), requires_grad=False) if bias else None
@@ -84,13 +88,8 @@ class Fp8Linear(nn.Module):
         """The weight as `dtype` (default: the compute dtype), formed in fp32 then cast once."""
         return (self.weight.to(torch.float32) * self.weight_scale.to(torch.float32)).to(dtype or self.compute_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = self.compute_dtype
-        bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, storage={self.weight.dtype}, compute={self.compute_dtype}"
+    def storage(self) -> str:
+        return str(self.weight.dtype).replace("torch.", "")
 
 
 def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +103,6 @@ def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn)
 def swap_in_fp8_linears(module: nn.Module, layer_names: set[str], *, storage_dtype: torch.dtype, compute_dtype: torch.dtype) -> None:
     """Replace the named nn.Linear submodules of `module` (on any device, meta included) by Fp8Linear."""
     for name in layer_names:
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        old = getattr(parent, child)
-        if not isinstance(old, nn.Linear):
-            raise TypeError(f"layer '{name}' is a {type(old).__name__}, not a Linear; it cannot hold fp8 weights")
-        setattr(parent, child, Fp8Linear(old.in_features, old.out_features, old.bias is not None, storage_dtype=storage_dtype,
-                                         compute_dtype=compute_dtype, device=old.weight.device))
+        replace_linear(module, name, lambda old: Fp8Linear(
+            old.in_features, old.out_features, old.bias is not None, storage_dtype=storage_dtype,
+            compute_dtype=compute_dtype, device=old.weight.device))
