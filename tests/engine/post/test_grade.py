@@ -59,7 +59,6 @@ def test_colour_match_is_one_transform_for_the_whole_clip():
         assert (fit[:, :3] - a).abs().max() < 1e-4 and (fit[:, 3] - b).abs().max() < 1e-2, f"frame {f}"
 
 
-
 def test_per_frame_matching_would_differ_so_the_clip_transform_is_not_per_frame():
     # The frames' own statistics differ enough that matching them one by one would give other maps.
     clip, reference = smooth_lab_clip(**CLIP), smooth_lab_clip(**REFERENCE)
