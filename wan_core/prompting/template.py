@@ -121,6 +121,7 @@ def expand(prompt: str, language: str, choices: dict[str, str], *, scene: str = 
         else:
             added[name] = FIELDS[name][option][which]
     camera_language = ("，" if language == "zh" else ", ").join(added[k] for k in ("shot", "camera") if k in added)
-    sentences = [prompt, scene, camera_language[:1].upper() + camera_language[1:]]
+    capital = lambda text: text[:1].upper() + text[1:]  # noqa: E731 - sentences the template adds start upper-case
+    sentences = [prompt, capital(scene.strip()), capital(camera_language)]
     sentences += [added[k] for k in ("lighting", "color", "style") if k in added]
     return TemplateResult(_join(sentences, language), added, skipped)
