@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness.browser import relevant_console_errors
-from nodes_testing import WORKFLOWS, demo, ensure_tiny_models, settled, workflow_model_files
+from nodes_testing import WORKFLOWS, demo, ensure_tiny_models, queue_tiny_from_canvas, settled, workflow_model_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.comfy]
 STEM = "wan22_t2v_a14b_enhanced"
@@ -28,17 +28,7 @@ def test_enhanced_workflow_shows_its_reports_in_the_canvas(comfy_server, comfy_p
     ensure_tiny_models(comfy_server, workflow_model_files(STEM))
     ui = json.loads((WORKFLOWS / f"{STEM}.json").read_text())
     settled(comfy_page).load_workflow(ui, settle=2.0)
-    tiny = {**demo.TINY, "prefix": "browser/enhanced"}
-    comfy_page.page.evaluate("""async ([tiny]) => {
-        const set = (type, name, value) => {
-            const node = window.app.graph._nodes.find(n => n.type === type);
-            node.widgets.find(w => w.name === name).value = value;
-        };
-        for (const name of ["width", "height", "length"]) set("WanMoEEmptyLatent", name, tiny[name]);
-        set("WanMoESampler", "steps", tiny.steps);
-        set("SaveVideo", "filename_prefix", tiny.prefix);
-        await window.app.queuePrompt(0, 1);
-    }""", [tiny])
+    queue_tiny_from_canvas(comfy_page, "browser/enhanced")
     ids = {n["type"]: n["id"] for n in ui["nodes"]}
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not shown_text(comfy_page, ids["WanMoEFrameInterpolate"], "report_shown"):

@@ -172,3 +172,19 @@ def settled(page, quiet: float = 1.0, timeout: float = 15.0):
             last, since = now, time.monotonic()
     page.close_dialogs()
     return page
+
+
+def queue_tiny_from_canvas(page, prefix: str, seed: int | None = None) -> None:
+    """Set the loaded workflow's latent size, steps (and the sampler's seed) to the demo's tiny run, its SaveVideo
+    prefix to `prefix`, and queue it as the Run button does (app.queuePrompt)."""
+    page.page.evaluate("""async ([tiny, seed]) => {
+        const set = (type, name, value) => {
+            const node = window.app.graph._nodes.find(n => n.type === type);
+            node.widgets.find(w => w.name === name).value = value;
+        };
+        for (const name of ["width", "height", "length"]) set("WanMoEEmptyLatent", name, tiny[name]);
+        set("WanMoESampler", "steps", tiny.steps);
+        if (seed !== null) set("WanMoESampler", "seed", seed);
+        set("SaveVideo", "filename_prefix", tiny.prefix);
+        await window.app.queuePrompt(0, 1);
+    }""", [{**demo.TINY, "prefix": prefix}, seed])
