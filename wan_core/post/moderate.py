@@ -15,6 +15,7 @@ every action reports the scores.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass, field
@@ -192,9 +193,8 @@ def score_frames(classifier: FrameClassifier, frames: torch.Tensor, label_indice
             progress(min(start + BATCH, len(chosen)), len(chosen))
     scores = []
     for i in range(frames.shape[0]):
-        before = max((j for j in chosen if j <= i), default=chosen[0])
-        after = min((j for j in chosen if j >= i), default=chosen[-1])
-        scores.append(max(found[before], found[after]))
+        k = bisect.bisect_left(chosen, i)  # chosen[k] is the first scored frame at or after i (the last is scored)
+        scores.append(found[i] if chosen[k] == i else max(found[chosen[k - 1]], found[chosen[k]]))
     return scores, chosen
 
 
