@@ -53,6 +53,11 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "WanMoEUpscaleModelLoader": ([], [("upscale_model", "UPSCALE_MODEL")]),
     "UpscaleModelLoader": ([], [("UPSCALE_MODEL", "UPSCALE_MODEL")]),
     "WanMoEUpscale": ([("images", "IMAGE"), ("upscale_model", "UPSCALE_MODEL")], [("images", "IMAGE")]),
+    "WanMoEPromptEnhance": ([], [("prompt", "STRING"), ("changes", "STRING")]),
+    "WanMoESafetyFilter": ([], [("text", "STRING"), ("report", "STRING")]),
+    "WanMoEFrameModerate": ([("images", "IMAGE")], [("images", "IMAGE"), ("report", "STRING")]),
+    "WanMoEFrameInterpolate": ([("images", "IMAGE")], [("images", "IMAGE"), ("fps", "FLOAT"), ("report", "STRING")]),
+    "WanMoEColorGrade": ([("images", "IMAGE"), ("reference", "IMAGE")], [("images", "IMAGE")]),
     "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")]),
     "SaveVideo": ([("video", "VIDEO")], []),
     "MarkdownNote": ([], []),
@@ -61,11 +66,16 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
 
 @dataclass
 class Node:
-    """One graph node: API inputs (widget values, or (node, output slot) links) and its place on the canvas."""
+    """One graph node: API inputs (widget values, or (node, output slot) links) and its place on the canvas.
+
+    A link into a widget input (e.g. a STRING into a prompt box) keeps a value for the widget in the UI file:
+    `widget_values[name]` (default "").
+    """
 
     id: int
     type: str
     inputs: dict = field(default_factory=dict)
+    widget_values: dict = field(default_factory=dict)
     pos: tuple[int, int] = (0, 0)
     size: tuple[int, int] = (320, 120)
     title: str | None = None
@@ -87,11 +97,20 @@ def to_api(nodes: list[Node]) -> dict:
     return api
 
 
-def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
-    """The UI-format workflow (LiteGraph 0.4, as the frontend saves it)."""
+def _slots(node: Node) -> list[tuple[str, str, bool]]:
+    """The node's input slots in the UI file: its sockets, then the widget inputs that receive a link."""
+    sockets = SOCKETS[node.type][0]
+    names = {n for n, _ in sockets}
+    widgets = [(name, SOCKETS[v[0].type][1][v[1]][1], True) for name, v in node.inputs.items()
+               if _is_link(v) and name not in names]
+    return [(n, t, False) for n, t in sockets] + widgets
+
+
+def to_ui(nodes: list[Node], notes_group: str = "", scale: float = 0.7) -> dict:
+    """The UI-format workflow (LiteGraph 0.4, as the frontend saves it), opening at zoom `scale`."""
     links, by_target = [], {}
     for node in nodes:
-        names = [n for n, _ in SOCKETS[node.type][0]]
+        names = [n for n, _, _ in _slots(node)]
         for name, value in node.inputs.items():
             if _is_link(value):
                 source, slot = value
@@ -100,11 +119,12 @@ def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
                 by_target[(node.id, name)] = link_id
     ui_nodes = []
     for order, node in enumerate(nodes):
-        in_sockets, out_sockets = SOCKETS[node.type]
+        out_sockets = SOCKETS[node.type][1]
+        sockets = {n for n, _ in SOCKETS[node.type][0]}
         widgets = []
         for name, value in node.inputs.items():
-            if not _is_link(value):
-                widgets.append(value)
+            if not _is_link(value) or name not in sockets:
+                widgets.append(node.widget_values.get(name, "") if _is_link(value) else value)
                 if name == "seed":
                     widgets.append(SEED_CONTROL)
         if node.type == "MarkdownNote":
@@ -115,7 +135,8 @@ def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
         record = {
             "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
             "order": order, "mode": 0,
-            "inputs": [{"name": n, "type": t, "link": by_target.get((node.id, n))} for n, t in in_sockets],
+            "inputs": [{"name": n, "type": t, **({"widget": {"name": n}} if w else {}), "link": by_target.get((node.id, n))}
+                       for n, t, w in _slots(node)],
             "outputs": [{"name": n, "type": t, "slot_index": i,
                          "links": [l[0] for l in links if l[1] == node.id and l[2] == i]}
                         for i, (n, t) in enumerate(out_sockets)],
@@ -125,7 +146,7 @@ def to_ui(nodes: list[Node], notes_group: str = "") -> dict:
             record["title"] = node.title
         ui_nodes.append(record)
     return {"last_node_id": max(n.id for n in nodes), "last_link_id": len(links), "nodes": ui_nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 40]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": scale, "offset": [40, 40]}}, "version": 0.4}
 
 
 def files_note(files: list[str], extra: str = "") -> str:
@@ -217,6 +238,65 @@ UPSCALE_NOTE = ("Generates at 832x480 (fp8 experts, text encoder on the CPU), th
                 "Refine pass (upscale -> VAE encode -> low-noise expert at denoise 0.3): see docs/upscale.md.")
 
 
+SHORT_PROMPT = "A red fox trots through fresh snow"
+CLASSIFIER = "nsfw_image_detection"  # Falconsai/nsfw_image_detection (ViT, labels normal / nsfw)
+LLM = "Qwen2.5-3B-Instruct"  # one of the official prompt extension's local models
+ENHANCED_NOTE = (
+    "**Around the generator.** 'Prompt Enhance' appends scene, shot, camera, lighting and style to the short prompt "
+    "(template mode: no model, the same text every time; switch mode to llm for a local language model). 'Prompt "
+    "Safety Filter' stops the run on sensitive terms (docs/nodes.md lists the shipped ones; add your own .txt lists "
+    "in models/safety_terms). After decoding, 'Frame Moderation' scores the frames with your image classifier and "
+    "pixelates flagged ones (set action to block to stop instead), 'Frame Interpolation' makes 16 fps into 32 fps "
+    "(CreateVideo takes its fps), 'Color Grade' adds a little contrast and saturation (a .cube LUT from models/luts, "
+    "or a reference image, can go there too).\n\n"
+    "**Folder models** (whole Hugging Face folders, not single files):\n\n"
+    f"- `classifiers/{CLASSIFIER}/`: `huggingface-cli download Falconsai/nsfw_image_detection --local-dir "
+    f"ComfyUI/models/classifiers/{CLASSIFIER}`\n"
+    f"- `LLM/{LLM}/` (llm mode only): `huggingface-cli download Qwen/{LLM} --local-dir ComfyUI/models/LLM/{LLM}`")
+
+
+def t2v_enhanced_graph(*, prefix: str) -> list[Node]:
+    """enhance -> filter -> encode -> sample -> decode -> moderate -> interpolate (x2) -> grade -> CreateVideo -> save."""
+    nodes = t2v_nodes(high=COMFY_FILES["high_fp16"], low=COMFY_FILES["low_fp16"], t5=COMFY_FILES["t5_fp16"],
+                      t5_device="gpu", width=WIDTH, height=HEIGHT, placement="auto")
+    model, encoder, text, latent, sampler, vae_loader, decode = nodes
+    enhance = Node(13, "WanMoEPromptEnhance", {
+        "prompt": SHORT_PROMPT, "mode": "template", "language": "auto",
+        "scene": "a quiet birch forest in winter, snow on the branches", "shot": "wide shot", "camera": "tracking",
+        "lighting": "golden hour", "color": "none", "style": "cinematic", "skip_covered": True, "llm_model": LLM,
+        "subject": "red fox", "on_subject_lost": "keep original", "max_new_tokens": 256, "temperature": 0.0,
+        "seed": 42, "llm_dtype": "auto"}, pos=(460, 80), size=(400, 680))
+    safety = Node(14, "WanMoESafetyFilter", {"text": (enhance, 0), "mode": "block", "term_lists": "default",
+                                            "extra_terms": ""}, pos=(460, 800), size=(400, 260))
+    text.inputs["positive"] = (safety, 0)
+    text.pos, text.size = (900, 80), (420, 300)
+    latent.pos, vae_loader.pos = (900, 420), (900, 590)
+    sampler.pos, decode.pos = (1360, 80), (1360, 450)
+    moderate = Node(15, "WanMoEFrameModerate", {"images": (decode, 0), "classifier": CLASSIFIER, "unsafe_labels": "nsfw",
+                                               "threshold": 0.5, "action": "blur", "stride": 1},
+                    pos=(1740, 80), size=(320, 230))
+    interpolate = Node(16, "WanMoEFrameInterpolate", {"images": (moderate, 0), "factor": 2, "fps": float(FPS),
+                                                     "method": "dis", "scene_threshold": 0.5, "flow_resolution": "auto"},
+                       pos=(1740, 350), size=(320, 230))
+    grade = Node(17, "WanMoEColorGrade", {"images": (interpolate, 0), "match_strength": 1.0, "exposure": 0.0,
+                                         "contrast": 1.05, "saturation": 1.05, "temperature": 0.0, "tint": 0.0,
+                                         "lut": "none", "lut_strength": 1.0}, pos=(1740, 620), size=(320, 330))
+    video, save = video_nodes((grade, 0), prefix, x=2100)
+    video.inputs["fps"] = (interpolate, 1)
+    video.widget_values["fps"] = float(FPS * 2)
+    video.pos, save.pos, save.size = (2100, 170), (2100, 290), (360, 420)  # below the frontend's Run bar
+    graph = [model, encoder, enhance, safety, text, latent, sampler, vae_loader, decode, moderate, interpolate, grade,
+             video, save]
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(graph), ENHANCED_NOTE)}, pos=(40, 480),
+                size=(380, 560), title="Model files")
+    return graph + [note]
+
+
+# Zoom each UI file opens at: the default 0.7 shows the others whole on a 1600x900 canvas; the enhanced graph is
+# wider, and below 0.6 the canvas stops drawing widget text.
+SCALES = {"wan22_t2v_a14b_enhanced": 0.62}
+
+
 def all_workflows() -> dict[str, list[Node]]:
     """Every shipped workflow by file stem."""
     return {
@@ -239,6 +319,7 @@ def all_workflows() -> dict[str, list[Node]]:
             note_extra=UPSCALE_NOTE.format(w=WIDTH, h=HEIGHT) + f" Core 'Load Upscale Model' feeds it {UPSCALER} "
                        "(4x, then resampled to the target); any ESRGAN / Real-ESRGAN / SRVGGNetCompact / SwinIR-family "
                        "file in upscale_models works, e.g. realesr-animevideov3.pth (faster)."),
+        "wan22_t2v_a14b_enhanced": t2v_enhanced_graph(prefix="video/wan22_t2v_enhanced_720p_32fps"),
     }
 
 
@@ -252,7 +333,8 @@ def write_all(directory: Path = WORKFLOWS_DIR) -> list[Path]:
     (directory / "api").mkdir(parents=True, exist_ok=True)
     written = []
     for stem, nodes in all_workflows().items():
-        for path, data in ((directory / f"{stem}.json", to_ui(nodes)), (api_path(stem, directory), to_api(nodes))):
+        ui = to_ui(nodes, scale=SCALES.get(stem, 0.7))
+        for path, data in ((directory / f"{stem}.json", ui), (api_path(stem, directory), to_api(nodes))):
             path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
             written.append(path)
     return written

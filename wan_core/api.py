@@ -231,3 +231,131 @@ def free_device_memory(bytes_needed: int, device: torch.device) -> int:
 def set_free_memory_callback(fn: FreeMemoryCallback | None) -> None:
     """Register `fn(bytes, device)`, asked to free host-owned memory before our weights go onto a device."""
     get_cache().set_free_memory_callback(fn)
+
+
+# ==========================================================================================================
+# Around the generator (issue #20): prompt enhancement and the sensitive-term filter before encoding; frame
+# moderation, interpolation and colour grading after decoding. Option tables for the nodes' combos live here too.
+# ==========================================================================================================
+from .post import grade as _grade  # noqa: E402
+from .post import interpolate as _interpolate  # noqa: E402
+from .post import moderate as _moderate  # noqa: E402
+from .post.lut import read_cube  # noqa: E402
+from .prompting import enhance as _enhance  # noqa: E402
+from .prompting import safety as _safety  # noqa: E402
+from .prompting.llm import load_causal_lm  # noqa: E402
+from .prompting.template import FIELDS as TEMPLATE_FIELDS  # noqa: E402
+from .prompting.template import NONE as TEMPLATE_NONE  # noqa: E402
+
+ENHANCE_MODES = _enhance.MODES
+PROMPT_LANGUAGES = _enhance.LANGUAGES
+ON_SUBJECT_LOST = _enhance.ON_SUBJECT_LOST
+LLM_DTYPES = ("auto", "bf16", "fp16", "fp32")
+SAFETY_MODES = _safety.MODES
+TERM_LISTS = ("default", "default + safety_terms folder", "safety_terms folder only")
+MODERATION_ACTIONS = _moderate.ACTIONS
+INTERPOLATION_METHODS = _interpolate.FLOW_METHODS
+INTERPOLATION_FACTORS = _interpolate.FACTORS
+FLOW_RESOLUTIONS = ("auto", *_interpolate.FLOW_SCALES)
+SCENE_THRESHOLD = _interpolate.SCENE_THRESHOLD
+PromptBlocked = _safety.PromptBlocked
+ModerationBlocked = _moderate.ModerationBlocked
+SubjectLost = _enhance.SubjectLost
+EnhanceResult = _enhance.EnhanceResult
+
+__all__ += [
+    "ENHANCE_MODES", "FLOW_RESOLUTIONS", "INTERPOLATION_FACTORS", "INTERPOLATION_METHODS", "LLM_DTYPES",
+    "MODERATION_ACTIONS", "ON_SUBJECT_LOST", "PROMPT_LANGUAGES", "SAFETY_MODES", "SCENE_THRESHOLD", "TEMPLATE_FIELDS",
+    "TEMPLATE_NONE", "TERM_LISTS", "EnhanceResult", "ModerationBlocked", "PromptBlocked", "SubjectLost",
+    "check_prompt", "enhance_prompt", "grade_frames", "interpolate_frames", "moderate_frames",
+]
+
+
+def _llm_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The language model's compute dtype: bf16 on a GPU and fp32 on the CPU for "auto"."""
+    choice("dtype", dtype, LLM_DTYPES)
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return COMPUTE_DTYPES[dtype]
+
+
+def enhance_prompt(prompt: str, *, mode: str, language: str = "auto", choices: dict[str, str] | None = None,
+                   scene: str = "", skip_covered: bool = True, llm_path: str | None = None, subject: str = "",
+                   on_subject_lost: str = "keep original", max_new_tokens: int = 256, temperature: float = 0.0,
+                   seed: int = 0, dtype: str = "auto", device: torch.device | str = "cpu") -> EnhanceResult:
+    """The prompt expanded by the template or rewritten by a local LLM folder (cached; on a GPU only for the call)."""
+    choice("mode", mode, ENHANCE_MODES)
+    if mode == "template":
+        return _enhance.enhance_template(prompt, language, choices or {}, scene=scene, skip_covered=skip_covered)
+    if not llm_path:
+        raise ValueError("llm mode needs a language model folder (models/LLM/<name>, e.g. Qwen2.5-3B-Instruct); "
+                         "pick one in llm_model or use template mode")
+    device = torch.device(device)
+    torch_dtype = _llm_dtype(dtype, device)
+    key = CacheKey.for_file("llm", llm_path, dtype=str(torch_dtype))
+    with get_cache().using(key, lambda dev: load_causal_lm(llm_path, device=dev, dtype=torch_dtype),
+                           size_bytes=_weight_bytes(llm_path, torch_dtype), device=device,
+                           offload_after=device.type != "cpu") as lm:
+        return _enhance.enhance_llm(lm, prompt, language, subject=subject, on_subject_lost=on_subject_lost,
+                                    max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+
+
+def check_prompt(prompt: str, *, mode: str, lists: str = "default", user_files: list[str] = (),
+                 extra_terms: str = "") -> tuple[str, str]:
+    """(prompt, report) when no active term matches or mode is "warn"; PromptBlocked naming the terms otherwise.
+
+    `lists` picks the shipped lists and/or `user_files` (the safety_terms folder's files); `extra_terms` adds
+    one term per line.
+    """
+    choice("term lists", lists, TERM_LISTS)
+    terms = _safety.TermList()
+    if lists != "safety_terms folder only":
+        for path in _safety.default_term_files():
+            terms.add_file(path)
+    if lists != "default":
+        for path in user_files:
+            terms.add_file(path)
+    if extra_terms.strip():
+        terms.add_lines(extra_terms.splitlines(), "extra_terms")
+    _, report = _safety.check_prompt(prompt, terms, mode)
+    return prompt, report
+
+
+def moderate_frames(images: torch.Tensor, classifier_path: str, *, unsafe_labels: str, threshold: float,
+                    action: str, stride: int = 1, device: torch.device | str = "cpu",
+                    progress: ProgressCallback | None = None) -> tuple[torch.Tensor, str]:
+    """Score a core IMAGE clip with a classifier folder (cached) and block, blur or pass it; (frames, report)."""
+    choice("action", action, MODERATION_ACTIONS)
+    device = torch.device(device)
+    name = os.path.basename(os.path.normpath(classifier_path))
+    key = CacheKey.for_file("classifier", classifier_path)
+    with get_cache().using(key, lambda dev: _moderate.load_classifier(classifier_path, device=dev),
+                           size_bytes=_weight_bytes(classifier_path, torch.float32), device=device,
+                           offload_after=device.type != "cpu") as classifier:
+        indices = classifier.label_indices(unsafe_labels.split(","), name)
+        scores, scored = _moderate.score_frames(classifier, images, indices, stride=stride, progress=progress)
+    report = _moderate.ModerationReport(name, [classifier.labels[i] for i in indices], threshold, action, scores,
+                                        scored)
+    log.info("frame moderation: %s", report.summary().replace("\n", "; "))
+    return _moderate.act(images, report), report.summary()
+
+
+def interpolate_frames(images: torch.Tensor, *, factor: int, method: str = "dis",
+                       scene_threshold: float = SCENE_THRESHOLD, flow_resolution: str = "auto",
+                       progress: ProgressCallback | None = None) -> tuple[torch.Tensor, str]:
+    """A core IMAGE clip with factor-1 flow-interpolated frames between each pair; (frames, report line)."""
+    frames, report = _interpolate.interpolate_frames(images, factor, method=method, scene_threshold=scene_threshold,
+                                                     flow_resolution=flow_resolution, progress=progress)
+    log.info("frame interpolation: %s", report.summary())
+    return frames, report.summary()
+
+
+def grade_frames(images: torch.Tensor, *, reference: torch.Tensor | None = None, match_strength: float = 1.0,
+                 exposure: float = 0.0, contrast: float = 1.0, saturation: float = 1.0, temperature: float = 0.0,
+                 tint: float = 0.0, lut_path: str | None = None, lut_strength: float = 1.0,
+                 device: torch.device | str = "cpu", progress: ProgressCallback | None = None) -> torch.Tensor:
+    """A core IMAGE clip graded with one transform for the whole clip (see `post.grade`)."""
+    adjust = _grade.Adjustments(exposure, contrast, saturation, temperature, tint)
+    lut = read_cube(lut_path) if lut_path else None
+    return _grade.grade_clip(images, reference=reference, match_strength=match_strength, adjust=adjust, lut=lut,
+                             lut_strength=lut_strength, device=device, progress=progress)

@@ -88,24 +88,13 @@ def test_sampler_node_shows_its_schedule_in_the_canvas(tiny_720p_models, comfy_p
     import time
 
     from harness.browser import relevant_console_errors
-    from nodes_testing import WORKFLOWS, settled
+    from nodes_testing import WORKFLOWS, queue_tiny_from_canvas, settled
     from wan_core.sampling.schedule import build_schedule
 
     ui = json.loads((WORKFLOWS / "wan22_t2v_a14b_720p.json").read_text())
     settled(comfy_page).load_workflow(ui, settle=2.0)
     sampler_id = next(n["id"] for n in ui["nodes"] if n["type"] == "WanMoESampler")
-    tiny = {**demo.TINY, "prefix": "nodes_run/canvas"}
-    comfy_page.page.evaluate("""async ([tiny]) => {
-        const set = (type, name, value) => {
-            const node = window.app.graph._nodes.find(n => n.type === type);
-            node.widgets.find(w => w.name === name).value = value;
-        };
-        for (const name of ["width", "height", "length"]) set("WanMoEEmptyLatent", name, tiny[name]);
-        set("WanMoESampler", "steps", tiny.steps);
-        set("WanMoESampler", "seed", 4321);
-        set("SaveVideo", "filename_prefix", tiny.prefix);
-        await window.app.queuePrompt(0, 1);
-    }""", [tiny])
+    queue_tiny_from_canvas(comfy_page, "nodes_run/canvas", seed=4321)
     read = f"() => window.app.graph.getNodeById({sampler_id}).widgets.find(w => w.name === 'expert_schedule')?.value"
     deadline, shown = time.monotonic() + 120, None
     while time.monotonic() < deadline and not shown:

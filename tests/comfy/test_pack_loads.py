@@ -33,6 +33,14 @@ def test_no_traceback_mentions_the_pack(comfy_server):
     assert tracebacks == [], "tracebacks from our pack in ComfyUI's log:\n\n" + "\n\n".join(tracebacks)
 
 
+def test_deliberate_stops_are_told_apart_from_other_tracebacks():
+    frame = f'  File "/x/custom_nodes/{PACK_NAME}/wan_core/post/moderate.py", line 1, in act'
+    stop = f"Traceback (most recent call last):\n{frame}\n{PACK_NAME}.wan_core.post.moderate.ModerationBlocked: frames 0"
+    bug = f"Traceback (most recent call last):\n{frame}\nValueError: ModerationBlocked: is not a stop here"
+    report = pack_load_report(f"{stop}\nsome line\n{bug}\n")
+    assert report["stops"] == [stop] and report["tracebacks"] == [bug]
+
+
 def test_every_declared_node_is_served_from_the_pack(comfy_client):
     served = {name: info for name, info in comfy_client.object_info().items()
               if info.get("python_module") == f"custom_nodes.{PACK_NAME}"}

@@ -34,18 +34,24 @@ def api_twin(stem: str) -> dict:
 
 def expected_video(api: dict) -> tuple[int, int, int, float]:
     """(frames, width, height, fps) the workflow writes at the demo's tiny size: the latent size, or what a
-    WanMoEUpscale node on the way to CreateVideo makes of it."""
+    WanMoEUpscale node on the way to CreateVideo makes of it; a WanMoEFrameInterpolate node makes n frames
+    (n - 1) x factor + 1 and gives CreateVideo its fps x factor."""
     tiny = demo.TINY
-    width, height = tiny["width"], tiny["height"]
+    width, height, frames = tiny["width"], tiny["height"], tiny["length"]
     for node in api.values():
+        inputs = node["inputs"]
         if node["class_type"] == "WanMoEUpscale":
-            inputs = node["inputs"]
             if inputs["mode"] == "exact size":
                 width, height = inputs["width"], inputs["height"]
             else:
                 width, height = round(width * inputs["scale"]), round(height * inputs["scale"])
+        if node["class_type"] == "WanMoEFrameInterpolate":
+            frames = (frames - 1) * inputs["factor"] + 1
     (fps,) = [n["inputs"]["fps"] for n in api.values() if n["class_type"] == "CreateVideo"]
-    return tiny["length"], width, height, fps
+    if isinstance(fps, list):  # linked: the frame interpolator's fps output
+        source = api[fps[0]]["inputs"]
+        fps = source["fps"] * source["factor"]
+    return frames, width, height, fps
 
 
 def test_every_workflow_has_an_api_twin_and_the_shipped_pair_is_there():

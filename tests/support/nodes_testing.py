@@ -29,18 +29,28 @@ LOADED = re.compile(r"model cache: loaded (\S+) (\S+)")  # kind, file name (cach
 RELEASED = re.compile(r"model cache: released (\d+) model\(s\)")  # cache.ModelCache.release_all
 
 
+# Inputs that name a whole Hugging Face model folder (not a single file, so not in the UI's properties.models):
+# class_type -> (input, ComfyUI folder).
+FOLDER_MODEL_INPUTS = {"WanMoEFrameModerate": ("classifier", "classifiers"), "WanMoEPromptEnhance": ("llm_model", "LLM")}
+
+
 def workflow_model_files(stem: str) -> list[tuple[str, str]]:
-    """(model folder, file name) of every file a shipped workflow names, from its UI file's node `properties.models`
-    (what the frontend's Missing Models check reads)."""
+    """(model folder, name) of every model a shipped workflow names: the files in its UI file's node
+    `properties.models` (what the frontend's Missing Models check reads) and the folder models its API twin names."""
     ui = json.loads((WORKFLOWS / f"{stem}.json").read_text())
-    return sorted({(m["directory"], m["name"]) for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])})
+    api = json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+    files = {(m["directory"], m["name"]) for node in ui["nodes"] for m in node.get("properties", {}).get("models", [])}
+    folders = {(FOLDER_MODEL_INPUTS[n["class_type"]][1], n["inputs"][FOLDER_MODEL_INPUTS[n["class_type"]][0]])
+               for n in api.values() if n["class_type"] in FOLDER_MODEL_INPUTS}
+    return sorted(files | folders)
 
 
 def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
     """A tiny random checkpoint for each (folder, public name): Wan files as `make demo` writes them, the upscale
-    model from wan_core.testing.tiny.upscaler. Files already there are kept (their cache identity stays the same)."""
+    model from wan_core.testing.tiny.upscaler, classifier and LLM folders from tiny.classifier / tiny.llm. Files
+    already there are kept (their cache identity stays the same)."""
     from wan_core.config import COMFY_FILES
-    from wan_core.testing.tiny import upscaler
+    from wan_core.testing.tiny import classifier, llm, upscaler
 
     for folder, name in files:
         path = server.models_dir / folder / name
@@ -51,6 +61,10 @@ def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
             demo.write_tiny_checkpoints(server.models_dir, [name])
         elif folder == "upscale_models":
             upscaler.write_comfy_file(path)
+        elif folder == "classifiers":
+            classifier.write_classifier_folder(path)
+        elif folder == "LLM":
+            llm.write_llm_folder(path)
         else:
             raise ValueError(f"no tiny writer for {folder}/{name}")
 
@@ -158,3 +172,19 @@ def settled(page, quiet: float = 1.0, timeout: float = 15.0):
             last, since = now, time.monotonic()
     page.close_dialogs()
     return page
+
+
+def queue_tiny_from_canvas(page, prefix: str, seed: int | None = None) -> None:
+    """Set the loaded workflow's latent size, steps (and the sampler's seed) to the demo's tiny run, its SaveVideo
+    prefix to `prefix`, and queue it as the Run button does (app.queuePrompt)."""
+    page.page.evaluate("""async ([tiny, seed]) => {
+        const set = (type, name, value) => {
+            const node = window.app.graph._nodes.find(n => n.type === type);
+            node.widgets.find(w => w.name === name).value = value;
+        };
+        for (const name of ["width", "height", "length"]) set("WanMoEEmptyLatent", name, tiny[name]);
+        set("WanMoESampler", "steps", tiny.steps);
+        if (seed !== null) set("WanMoESampler", "seed", seed);
+        set("SaveVideo", "filename_prefix", tiny.prefix);
+        await window.app.queuePrompt(0, 1);
+    }""", [{**demo.TINY, "prefix": prefix}, seed])

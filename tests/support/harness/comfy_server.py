@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -271,16 +272,26 @@ class ComfyServer:
         self.cleanup()
 
 
+# The pack's deliberate stops: a node raising one of these is the designed outcome of a check (the prompt filter in
+# block mode, frame moderation in block mode, an LLM rewrite that lost the subject with on_subject_lost "error"),
+# worded for the user. ComfyUI prints a traceback for every exception a node raises; these are not bugs.
+DELIBERATE_STOPS = re.compile(r"\.(PromptBlocked|ModerationBlocked|SubjectLost): ")
+
+
 def pack_load_report(log: str) -> dict:
-    """What ComfyUI's log says about this pack: loaded, import failed, and tracebacks that mention it."""
+    """What ComfyUI's log says about this pack: loaded, import failed, tracebacks that mention it (bugs), and the
+    deliberate stops (`stops`: tracebacks ending in one of DELIBERATE_STOPS)."""
     import_lines = [l for l in log.splitlines() if "seconds" in l and f"custom_nodes/{PACK_NAME}" in l]
-    tracebacks = [t for t in _tracebacks(log) if PACK_NAME in t or "wan_core" in t]
+    ours = [t for t in _tracebacks(log) if PACK_NAME in t or "wan_core" in t]
+    stops = [t for t in ours if DELIBERATE_STOPS.search(t.splitlines()[-1])]
+    tracebacks = [t for t in ours if t not in stops]
     return {
         "import_lines": import_lines,
         "loaded": any("IMPORT FAILED" not in l for l in import_lines),
         "import_failed": any("IMPORT FAILED" in l for l in import_lines)
         or any("IMPORT FAILED" in l and PACK_NAME in l for l in log.splitlines()),
         "tracebacks": tracebacks,
+        "stops": stops,
     }
 
 
