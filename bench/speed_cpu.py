@@ -24,7 +24,7 @@ import torch
 from bench.reference_cpu import HEADER, isolated, measure, row
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from wan_core.config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW
-from wan_core.dit.keys import diffusers_to_official, official_to_diffusers
+from wan_core.dit.keys import official_to_diffusers
 from wan_core.dit.model import DiTConfig, WanDiT
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.sampling.sampler import make_noise, sample_schedule

@@ -144,7 +144,8 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
     """Text-to-video up to the frames (ids 1-7): loaders -> text encode -> sampler -> VAE decode (the last node)."""
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
-                                          "placement": placement, "attention": "sdpa", "boundary": 0.875},
+                                          "placement": placement, "attention": "sdpa", "boundary": 0.875,
+                                          "compute_dtype": "auto", "compile": False},
                  pos=(40, 80), size=(380, 200), models=(high, low))
     encoder = Node(2, "WanMoETextEncoderLoader", {"text_encoder": t5, "device": t5_device, "dtype": "auto"},
                    pos=(40, 320), size=(380, 110), models=(t5,))

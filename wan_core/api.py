@@ -149,7 +149,9 @@ def plan_sampling(model: ModelRequest, *, steps: int, shift: float, solver: str,
 
 def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
     """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
-    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention)
+    compute = None if model.compute == "auto" else model.compute
+    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
+                             compute_dtype=compute, compile=model.compile)
              for path in (model.high_noise_path, model.low_noise_path)]
     config = inspect_dit(model.high_noise_path).config
     working = activation_bytes(config, token_count(config, latent), batch)

@@ -277,6 +277,7 @@ class WanDiT(nn.Module):
         self.rope = RotaryEmbedding(config.head_dim)
         self.compute_dtype = torch.float32
         self._text_cache: dict[tuple, _TextEntry] = {}
+        self.compiled = False
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -289,6 +290,19 @@ class WanDiT(nn.Module):
         for name, module in self.named_modules():
             if module is not self and hasattr(module, "compute_dtype"):
                 module.compute_dtype = torch.float32 if name.startswith(FP32_MODULES) else dtype
+
+    def compile_blocks(self, enabled: bool = True, **options) -> None:
+        """Run each transformer block through `torch.compile` (options such as mode=, backend= go to it), or back
+        eagerly. Per-step values (timestep, latent) are tensors, not guards, so steps do not recompile; weights
+        changed in place (a merged LoRA) keep the compiled code, swapped modules (run-time LoRA) compile once."""
+        for block in self.blocks:
+            eager = block.__dict__.pop("_eager_forward", None)
+            if eager is not None:
+                block.forward = eager
+            if enabled:
+                block._eager_forward = block.forward
+                block.forward = torch.compile(block.forward, dynamic=False, **options)
+        self.compiled = enabled
 
     def set_attention(self, attention: str) -> None:
         """Switch every attention layer to another registered backend."""

@@ -43,3 +43,23 @@ def test_a_loaded_dit_switches_backend_with_the_same_output():
         model.set_attention("sdpa_math")
         math_out = model(x, t, ctx)
     assert model.attention == "sdpa_math" and (default - math_out).abs().max().item() < 1e-5
+
+
+def test_compiled_blocks_match_eager_and_do_not_recompile_per_step():
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    model = WanDiT(DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2)).eval()
+    x, ctx = torch.randn(1, 16, 2, 8, 8), [torch.randn(9, 4096)]
+    with torch.no_grad():
+        eager = [model(x, torch.tensor([t]), ctx) for t in (999.0, 500.0, 300.0)]
+        model.compile_blocks(backend="eager")  # dynamo's tracing and guards without a C++ toolchain's compile time
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compiled = [model(x, torch.tensor([t]), ctx) for t in (999.0, 500.0, 300.0)]
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        model.compile_blocks(False)
+        back = model(x, torch.tensor([999.0]), ctx)
+    assert all((a - b).abs().max().item() < 1e-5 for a, b in zip(eager, compiled))
+    assert graphs == 1  # traced once: later timesteps and the second block reuse it
+    assert model.compiled is False and torch.equal(back, eager[0])
