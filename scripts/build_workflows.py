@@ -165,7 +165,8 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
     """Text-to-video up to the frames (ids 1-7): loaders -> text encode -> sampler -> VAE decode (the last node)."""
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
-                                          "placement": placement, "attention": "sdpa", "boundary": 0.875},
+                                          "placement": placement, "attention": "sdpa", "boundary": 0.875,
+                                          "compute_dtype": "auto", "compile": False},
                  pos=(40, 80), size=(380, 200), models=(high, low))
     encoder = Node(2, "WanMoETextEncoderLoader", {"text_encoder": t5, "device": t5_device, "dtype": "auto"},
                    pos=(40, 320), size=(380, 110), models=(t5,))
@@ -175,7 +176,7 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
                   pos=(460, 660), size=(320, 130))
     sampler = Node(5, "WanMoESampler", {"model": (model, 0), "positive": (text, 0), "negative": (text, 1),
                                         "latent": (latent, 0), "seed": 42, "steps": STEPS, "cfg_high": GUIDE_HIGH,
-                                        "cfg_low": GUIDE_LOW, "shift": SHIFT, "sampler": "unipc", "denoise": 1.0},
+                                        "cfg_low": GUIDE_LOW, "shift": SHIFT, "sampler": "unipc", "denoise": 1.0, "step_cache": 0.0},
                    pos=(920, 80), size=(340, 330))
     vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(460, 830), size=(340, 90), models=(vae,))
     decode = Node(7, "WanMoEVAEDecode", {"vae": (vae_loader, 0), "samples": (sampler, 0), "tiling": "auto",

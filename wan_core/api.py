@@ -30,6 +30,7 @@ from .requests import ModelRequest, TextEncoderRequest, VAERequest
 from .sampling.placement import CachedExperts, dit_expert_spec
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule
+from .sampling.step_cache import StepCache
 from .text.encoder import TextEncoder, encoder_identity, load_text_encoder
 from .text.prompt_cache import DEFAULT_CACHE
 from .upscale.loader import load_upscale_model, on_device
@@ -148,27 +149,42 @@ def plan_sampling(model: ModelRequest, *, steps: int, shift: float, solver: str,
 
 def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
     """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
-    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention)
+    compute = None if model.compute == "auto" else model.compute
+    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
+                             compute_dtype=compute, compile=model.compile)
              for path in (model.high_noise_path, model.low_noise_path)]
     config = inspect_dit(model.high_noise_path).config
     working = activation_bytes(config, token_count(config, latent), batch)
     return CachedExperts(*specs, device=device, placement=model.placement, working_bytes=working)
 
 
+@dataclass(frozen=True)
+class SampleResult:
+    """The sampled core LATENT and what the run did, in words for the sampler's summary box."""
+
+    latent: dict
+    summary: str
+
+
 def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative: list, latent: dict, seed: int,
-           device: torch.device, callback: StepCallback | None = None,
-           check_cancel: Callable[[], None] | None = None) -> dict:
-    """Run the MoE sampler from core CONDITIONING and LATENT; returns the sampled LATENT (its other keys kept)."""
+           device: torch.device, callback: StepCallback | None = None, check_cancel: Callable[[], None] | None = None,
+           step_cache: float = 0.0) -> SampleResult:
+    """Run the MoE sampler from core CONDITIONING and LATENT; returns the sampled LATENT (its other keys kept).
+
+    `step_cache`: the step-caching threshold (0 = off; see sampling/step_cache.py).
+    """
     start = interop.latent_from_comfy(latent)
+    cache = StepCache(step_cache, schedule.steps)
     experts = _experts(model, device=device, latent=tuple(start.shape), batch=2 * start.shape[0])
     log.info("sampling %s with %s", tuple(start.shape), experts.plan)
     try:
         result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(positive, "positive"),
                                  interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
-                                 callback=callback, check_cancel=check_cancel, device=device)
+                                 callback=callback, check_cancel=check_cancel, device=device, step_cache=cache)
     finally:
         log.info("%s", get_cache().status())
-    return interop.latent_to_comfy(result, latent)
+    lines = [schedule.summary()] + ([cache.summary(schedule.steps)] if cache.enabled else [])
+    return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))
 
 
 # --- VAE --------------------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ WEIGHT_DTYPES: dict[str, torch.dtype | None] = {
 WEIGHT_DTYPE_OPTIONS = ("auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2")  # offered in the loader node
 COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PLACEMENTS = ("auto", "resident", "swap", "stream")
+# DiT matmul precision: auto = bf16 on a GPU, fp32 on the CPU (bf16 on the CPU: faster matmuls, a measured difference).
+COMPUTE_OPTIONS = ("auto", "fp32", "bf16", "fp16")
 SOLVERS = ("unipc", "dpm++", "euler")
 CFG_BATCH_MODES = ("auto", "on", "off")
 # Text encoder: where it runs, and its precision (fp8_e4m3fn keeps scaled fp8 storage, computed in bf16).

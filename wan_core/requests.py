@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPES, choice
+from .config import COMPUTE_OPTIONS, ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPES, choice
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,12 @@ class ModelRequest:
     boundary: float
     high_noise_name: str = ""
     low_noise_name: str = ""
+    compute: str = "auto"  # the DiT's matmul dtype (see config.COMPUTE_OPTIONS)
+    compile: bool = False  # torch.compile of the transformer blocks
 
     def __post_init__(self) -> None:
         choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))
+        choice("compute dtype", self.compute, COMPUTE_OPTIONS)
         choice("placement", self.placement, PLACEMENTS)
         if not (isinstance(self.boundary, (int, float)) and math.isfinite(self.boundary) and 0.0 <= self.boundary <= 1.0):
             raise ValueError(f"boundary must be a number between 0 and 1 (a fraction of 1000 timesteps); got {self.boundary!r}")

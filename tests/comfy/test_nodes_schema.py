@@ -80,6 +80,14 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
 }
 
 
+# Optional inputs (older API prompts without them still run, with the default).
+EXPECTED_OPTIONAL = {
+    "WanMoESampler": {"step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0})},
+    "WanMoEModelLoader": {"compute_dtype": ("COMBO", {"default": "auto", "options": ["auto", "fp32", "bf16", "fp16"]}),
+                          "compile": ("BOOLEAN", {"default": False})},
+}
+
+
 @pytest.fixture(scope="module")
 def info(comfy_server, comfy_client) -> dict:
     # The public file names are the defaults when those files are present; other tests' files in the shared
@@ -100,7 +108,12 @@ def test_node_inputs_types_and_defaults(info, node_id):
         assert spec_kind == kind, f"{node_id}.{name}: type {spec_kind}, expected {kind}"
         for option, value in options.items():
             assert spec.get(option) == value, f"{node_id}.{name}: {option} = {spec.get(option)!r}, expected {value!r}"
-    assert set(node["input"].get("optional", {})) == set()
+    optional = node["input"].get("optional", {})
+    assert set(optional) == set(EXPECTED_OPTIONAL.get(node_id, {}))
+    for name, (kind, options) in EXPECTED_OPTIONAL.get(node_id, {}).items():
+        assert optional[name][0] == kind
+        for option, value in options.items():
+            assert optional[name][1].get(option) == value, f"{node_id}.{name}: {option}, expected {value!r}"
 
 
 @pytest.mark.parametrize("node_id", list(EXPECTED_OUTPUTS))

@@ -43,3 +43,5 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 register_attention("sdpa", sdpa_attention)
+
+from . import attention_backends  # noqa: E402,F401  (registers the pinned SDPA kernels and, when installed, sage)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .attention import get_attention
 from .embeddings import sinusoidal_embedding
-from .rope import RotaryEmbedding, apply_rope
+from .rope import RotaryEmbedding, apply_rope, apply_rope_
 
 # Sub-modules the official code runs under autocast(float32) whatever the model dtype.
 FP32_MODULES = ("time_embedding", "time_projection", "head")
@@ -132,18 +132,38 @@ class Attention(nn.Module):
 class SelfAttention(Attention):
     """Self-attention over the video tokens with 3-D RoPE on q and k."""
 
+    rope_float64 = False  # True: the official float64 RoPE arithmetic (two float64 copies of q and of k)
+
     def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), rotations)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), rotations)
+        rope = apply_rope if self.rope_float64 else apply_rope_
+        q = rope(self._heads(self.norm_q(self.q(x))), rotations)
+        k = rope(self._heads(self.norm_k(self.k(x))), rotations)
         return self._attend(q, k, self._heads(self.v(x)))
 
 
 class CrossAttention(Attention):
     """Attention from video tokens to the embedded text (no RoPE, no mask)."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = self._heads(self.norm_q(self.q(x)))
-        return self._attend(q, self._heads(self.norm_k(self.k(context))), self._heads(self.v(context)))
+    def project_context(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the embedded text: the same at every step of a run, so they can be kept."""
+        return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        k, v = kv if kv is not None else self.project_context(context)
+        return self._attend(self._heads(self.norm_q(self.q(x))), k, v)
+
+
+# Tokens of the FFN's hidden layer computed at a time: its [B, tokens, ffn_dim] activation is the largest of a block
+# (about 75% of the DiT's working set unchunked); 256 MiB of it at a time keeps the matmuls large (A14B bf16: about
+# 9,700 tokens) while bounding the peak. Tokens are independent in the FFN: chunks change values only by the
+# matmuls' float rounding (1e-6 on a tiny model, tests/engine/dit bound it).
+FFN_CHUNK_BYTES = 256 << 20
+
+
+def _modulate_(normed: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """normed * (1 + scale) + shift, in place on the (fresh) norm output."""
+    return normed.mul_(1 + scale).add_(shift)
 
 
 class WanBlock(nn.Module):
@@ -160,15 +180,31 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(Linear(dim, config.ffn_dim), nn.GELU(approximate="tanh"), Linear(config.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        """x [B, L, dim] float32, e0 [B, 6, dim] float32, context [B, text_len, dim] -> x [B, L, dim] float32."""
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rotations: torch.Tensor, *,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, inplace: bool = False) -> torch.Tensor:
+        """x [B, L, dim] float32, e0 [B, 6, dim] float32, context [B, text_len, dim] -> x [B, L, dim] float32.
+
+        `kv`: the cross-attention's precomputed text keys/values; `inplace`: update x itself (the caller owns it).
+        """
         modulation = (self.modulation.float() + e0).unsqueeze(2)  # [B, 6, 1, dim]
         shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = modulation.unbind(1)
-        y = self.self_attn(self.norm1(x) * (1 + scale_msa) + shift_msa, rotations)
-        x = x + y.float() * gate_msa
-        x = x + self.cross_attn(self.norm3(x), context).float()
-        y = self.ffn(self.norm2(x) * (1 + scale_ffn) + shift_ffn)
-        return x + y.float() * gate_ffn
+        x = x if inplace else x.clone()
+        y = self.self_attn(_modulate_(self.norm1(x), shift_msa, scale_msa), rotations)
+        x.addcmul_(y.float(), gate_msa)
+        del y
+        x.add_(self.cross_attn(self.norm3(x), context, kv).float())
+        self._ffn_(x, shift_ffn, scale_ffn, gate_ffn)
+        return x
+
+    def _ffn_(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, gate: torch.Tensor) -> None:
+        """x += FFN(norm2(x) * (1 + scale) + shift) * gate, over token chunks (see FFN_CHUNK_BYTES)."""
+        b, tokens, _ = x.shape
+        itemsize = torch.empty((), dtype=self.ffn[0].compute_dtype).element_size()
+        step = max(1, FFN_CHUNK_BYTES // (b * self.ffn[0].out_features * itemsize))
+        for start in range(0, tokens, step):
+            part = x[:, start:start + step]
+            y = self.ffn(_modulate_(self.norm2(part), shift, scale))
+            part.addcmul_(y.float(), gate)
 
 
 class Head(nn.Module):
@@ -201,6 +237,27 @@ class ForwardState:
     context: torch.Tensor  # [B, text_len, dim] embedded, zero-padded text
     rotations: torch.Tensor  # [L, head_dim/2] complex128 RoPE rotations of the tokens
     grid: tuple[int, int, int]  # latent grid after patching (F', H', W')
+    kv: list | None = None  # per block: the cross-attention's text keys/values (filled on first use), or None
+
+
+@dataclass
+class _TextEntry:
+    """One text input's embedding and per-block cross-attention keys/values, kept while the same contexts return."""
+
+    sources: tuple  # the context tensors themselves: holding them keeps their ids unique while cached
+    text: torch.Tensor
+    kv: list
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place-change counter (inference-mode tensors have none: identity alone then decides)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+TEXT_CACHE_ENTRIES = 4  # cond, uncond, and both as one batch: what one guided run asks for
 
 
 class WanDiT(nn.Module):
@@ -219,6 +276,8 @@ class WanDiT(nn.Module):
         self.head = Head(config)
         self.rope = RotaryEmbedding(config.head_dim)
         self.compute_dtype = torch.float32
+        self._text_cache: dict[tuple, _TextEntry] = {}
+        self.compiled = False
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -231,6 +290,19 @@ class WanDiT(nn.Module):
         for name, module in self.named_modules():
             if module is not self and hasattr(module, "compute_dtype"):
                 module.compute_dtype = torch.float32 if name.startswith(FP32_MODULES) else dtype
+
+    def compile_blocks(self, enabled: bool = True, **options) -> None:
+        """Run each transformer block through `torch.compile` (options such as mode=, backend= go to it), or back
+        eagerly. Per-step values (timestep, latent) are tensors, not guards, so steps do not recompile; weights
+        changed in place (a merged LoRA) keep the compiled code, swapped modules (run-time LoRA) compile once."""
+        for block in self.blocks:
+            eager = block.__dict__.pop("_eager_forward", None)
+            if eager is not None:
+                block.forward = eager
+            if enabled:
+                block._eager_forward = block.forward
+                block.forward = torch.compile(block.forward, dynamic=False, **options)
+        self.compiled = enabled
 
     def set_attention(self, attention: str) -> None:
         """Switch every attention layer to another registered backend."""
@@ -256,16 +328,41 @@ class WanDiT(nn.Module):
         tokens = self.patch_embedding(x).flatten(2).transpose(1, 2).float()  # tokens in f, h, w order
         e = self.time_embedding(sinusoidal_embedding(t, self.config.freq_dim).float()).float()
         e0 = self.time_projection(e).float().unflatten(1, (6, self.config.dim))
-        text = self.text_embedding(self._pad_context(context, b, x.device))
-        return ForwardState(tokens, e, e0, text, self.rope.grid(*grid, device=x.device), grid)
+        text, kv = self._embed_text(context, b, x.device)
+        return ForwardState(tokens, e, e0, text, self.rope.grid(*grid, device=x.device), grid, kv)
+
+    def _embed_text(self, context: torch.Tensor | list[torch.Tensor], batch: int,
+                    device: torch.device) -> tuple[torch.Tensor, list]:
+        """The embedded text and its per-block key/value slots, reused while the same context tensors come back
+        (a sampling run passes the same ones at every step; `forget_text` ends it)."""
+        sources = (context,) if isinstance(context, torch.Tensor) else tuple(context)
+        key = tuple(id(t) for t in sources) + (str(device),)
+        entry = self._text_cache.get(key)
+        if entry is None or any(a is not b or _version(a) != v for a, (b, v) in zip(sources, entry.sources)):
+            text = self.text_embedding(self._pad_context(context, batch, device))
+            entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * len(self.blocks))
+            if len(self._text_cache) >= TEXT_CACHE_ENTRIES:
+                self._text_cache.pop(next(iter(self._text_cache)))
+            self._text_cache[key] = entry
+        return entry.text, entry.kv
+
+    def forget_text(self) -> None:
+        """Drop the kept text embeddings and cross-attention keys/values (end of a run, or changed weights)."""
+        self._text_cache.clear()
 
     def run_blocks(self, state: ForwardState, before_block: Callable[[int], None] | None = None) -> torch.Tensor:
-        """The transformer blocks over the token stream: returns the new stream [B, L, dim] float32."""
-        x = state.x
+        """The transformer blocks over the token stream: returns the new stream [B, L, dim] float32 (a new tensor;
+        `state.x` is left as it was)."""
+        x = state.x.clone()
         for i, block in enumerate(self.blocks):
             if before_block is not None:
                 before_block(i)
-            x = block(x, state.e0, state.context, state.rotations)
+            kv = None
+            if state.kv is not None:
+                if state.kv[i] is None:
+                    state.kv[i] = block.cross_attn.project_context(state.context)
+                kv = state.kv[i]
+            x = block(x, state.e0, state.context, state.rotations, kv=kv, inplace=True)
         return x
 
     def finish(self, state: ForwardState) -> torch.Tensor:

@@ -65,7 +65,26 @@ class RotaryEmbedding:
 
 
 def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by rotations [L, head_dim/2], in float64 -> float32."""
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by rotations [L, head_dim/2], in float64 -> float32
+    (the official arithmetic; it makes two float64 copies of x)."""
     b, l, n, d = x.shape
     pairs = torch.view_as_complex(x.to(torch.float64).reshape(b, l, n, d // 2, 2))
     return torch.view_as_real(pairs * rotations[None, :, None, :]).reshape(b, l, n, d).float()
+
+
+def apply_rope_(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` in place on a float32 x [B, L, heads, head_dim], in float32 with the float64 table rounded once.
+
+    (e + i o)(c + i s) = (e c - o s) + i (e s + o c): one half-size temporary instead of two float64 copies of x
+    (1.3 GB per q or k at 480p, 3.1 GB at 720p). Differs from the float64 path by float32 rounding (about 1e-7
+    relative); tests/engine/dit bound the effect on the output.
+    """
+    b, l, n, d = x.shape
+    cos = rotations.real.to(x.dtype)[None, :, None, :]
+    sin = rotations.imag.to(x.dtype)[None, :, None, :]
+    pairs = x.view(b, l, n, d // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    even_in = even.clone()
+    even.mul_(cos).addcmul_(odd, sin, value=-1.0)
+    odd.mul_(cos).addcmul_(even_in, sin)
+    return x

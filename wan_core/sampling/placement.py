@@ -55,12 +55,13 @@ class ExpertSpec:
 
 
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
-                    compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa",
+                    compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
                     **settings: object) -> ExpertSpec:
     """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
 
     The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
-    `settings` (e.g. loras=[(file, strength), ...]); the attention backend is applied on activation.
+    `settings` (e.g. loras=[(file, strength), ...]); the attention backend and torch.compile of the blocks are
+    applied on activation (they change no tensor, so cached entries stay shared across them).
     """
     device = torch.device(device)
     compute = compute_dtype if compute_dtype is not None else (
@@ -77,6 +78,8 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
     def configure(module: nn.Module) -> None:
         if getattr(module, "attention", attention) != attention:
             module.set_attention(attention)
+        if getattr(module, "compiled", compile) != compile:
+            module.compile_blocks(compile)
 
     return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, size / params), configure)
 

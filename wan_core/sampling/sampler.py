@@ -14,6 +14,7 @@ Latents are the normalised latents the DiT sees: [B, 16, T, H, W] float32.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Sequence
 
 import torch
@@ -24,6 +25,7 @@ from .experts import ExpertSource
 from ..memory.budget import fits
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
+from .step_cache import StepCache
 
 StepCallback = Callable[[int, int, str, torch.Tensor], None]  # (step, timestep, expert, x0 estimate)
 
@@ -53,7 +55,8 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     negative: Sequence[torch.Tensor] | None, *, latent: torch.Tensor | None = None,
                     shape: Sequence[int] | None = None, noise: torch.Tensor | None = None, seed: int = 0,
                     callback: StepCallback | None = None, check_cancel: Callable[[], None] | None = None,
-                    cfg_batch: str = "auto", device: torch.device | str = "cpu") -> torch.Tensor:
+                    cfg_batch: str = "auto", device: torch.device | str = "cpu",
+                    step_cache: StepCache | None = None) -> torch.Tensor:
     """Run a prepared `Schedule` with the experts of `experts`; returns the final latent (fp32, CPU).
 
     positive / negative: text contexts [L, 4096], one per batch item or one for all (negative may be
@@ -61,6 +64,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     the official loop; `latent` then only gives the shape), else sigma0 * noise + (1 - sigma0) * latent.
     noise: given, or `make_noise(shape, seed)`. `check_cancel()` runs between steps and before every
     transformer block; whatever it raises propagates. `experts.release()` runs however the run ends.
+    `step_cache`: a StepCache deciding per step whether the experts' blocks run (its counters tell what it skipped).
     """
     if cfg_batch not in CFG_BATCH_MODES:
         raise ValueError(f"cfg_batch must be one of {CFG_BATCH_MODES}, got '{cfg_batch}'")
@@ -91,28 +95,36 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     before_block = (lambda _index: check_cancel()) if check_cancel is not None else None
     solver = make_solver(schedule.solver, schedule.sigmas)
     batched: dict[str, bool] = {}
+    used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
     try:
         for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
             if check_cancel is not None:
                 check_cancel()
             model = experts.expert(name)
+            used[id(model)] = model
             # The official loop feeds the truncated integer timestep (ComfyUI feeds sigma * 1000 untruncated).
             timestep = torch.full((batch,), float(t), dtype=torch.float32, device=device)
+            call = model
+            if step_cache is not None:
+                step_cache.begin_step(i, name)
+                call = partial(step_cache, model)
             if guidance == 1.0:
-                velocity = model(x, timestep, cond, before_block=before_block).float()
+                velocity = call(x, timestep, cond, before_block=before_block).float()
             else:
                 if name not in batched:
                     batched[name] = _use_cfg_batch(cfg_batch, model, x, device)
-                velocity = _guided(model, x, timestep, cond, uncond, guidance, batched[name], before_block)
+                velocity = _guided(call, x, timestep, cond, uncond, guidance, batched[name], before_block)
             if callback is not None:
                 callback(i, t, name, solver.x0(velocity, x, i))
             x = solver.step(velocity, x, i)
     finally:
+        for model in used.values():
+            getattr(model, "forget_text", lambda: None)()
         experts.release()
     return x.to("cpu", torch.float32)
 
 
-def _guided(model: torch.nn.Module, x: torch.Tensor, timestep: torch.Tensor, cond: list[torch.Tensor],
+def _guided(model: Callable[..., torch.Tensor], x: torch.Tensor, timestep: torch.Tensor, cond: list[torch.Tensor],
             uncond: list[torch.Tensor], guidance: float, batched: bool,
             before_block: Callable[[int], None] | None) -> torch.Tensor:
     """Classifier-free guided velocity, cond and uncond as one batch of 2B or as two passes."""

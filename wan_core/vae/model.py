@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
+SUB_FRAMES = 1  # frames per sub-chunk through the full-resolution decoder stages (see Decoder3d.forward)
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 LATENT_CHANNELS = len(WAN21_LATENT_MEAN)
@@ -55,18 +56,18 @@ class CausalConv3d(nn.Conv3d):
         stride: int | Sequence[int] = 1,
         padding: int | Sequence[int] = 0,
     ) -> None:
-        super().__init__(in_channels, out_channels, _triple(kernel_size), stride=_triple(stride), padding=0)
         pt, ph, pw = _triple(padding)
+        # Spatial zero padding is the convolution's own (no padded copy of the input); only time is causal.
+        super().__init__(in_channels, out_channels, _triple(kernel_size), stride=_triple(stride), padding=(0, ph, pw))
         self.time_pad = 2 * pt
-        self.space_pad = (pw, pw, ph, ph)
 
     def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         front = self.time_pad
         if history is not None and front > 0:
             x = torch.cat([history.to(x.dtype), x], dim=2)
             front -= history.shape[2]
-        if front > 0 or any(self.space_pad):
-            x = F.pad(x, (*self.space_pad, front, 0))
+        if front > 0:
+            x = F.pad(x, (0, 0, 0, 0, front, 0))
         return self._conv_forward(x, self.weight, self.bias)
 
 
@@ -115,8 +116,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
         r = self.residual
         h = self.shortcut(x) if self.shortcut is not None else x
-        x = _causal(r[2], F.silu(r[0](x)), cache)
-        x = _causal(r[6], F.silu(r[3](x)), cache)
+        x = _causal(r[2], F.silu(r[0](x), inplace=True), cache)
+        x = _causal(r[6], F.silu(r[3](x), inplace=True), cache)
         return x + h
 
 
@@ -226,7 +227,7 @@ class Encoder3d(nn.Module):
         x = _causal(self.conv1, x, cache)
         for layer in (*self.downsamples, *self.middle):
             x = layer(x, cache)
-        return _causal(self.head[2], F.silu(self.head[0](x)), cache)  # type: ignore[arg-type]
+        return _causal(self.head[2], F.silu(self.head[0](x), inplace=True), cache)  # type: ignore[arg-type]
 
 
 class Decoder3d(nn.Module):
@@ -265,13 +266,34 @@ class Decoder3d(nn.Module):
         Up to the middle attention the whole (latent-resolution) frame is processed with `cache`, so the
         attention sees every pixel; from there on only the window, with its own causal `tile_cache`.
         """
+        x = self.latent_stages(x, cache, region=region)
+        return self.upper_stages(x, cache if tile_cache is None else tile_cache)
+
+    def latent_stages(self, x: torch.Tensor, cache: _Cache | None, *,
+                      region: tuple[slice, slice] | None = None) -> torch.Tensor:
+        """conv1, the first middle block and the middle attention, on the whole (latent-resolution) frame; with
+        `region` only that window of the attention's output is returned (its keys still see every pixel)."""
         x = _causal(self.conv1, x, cache)
         x = self.middle[0](x, cache)
-        x = self.middle[1](x, region=region)
-        tile_cache = cache if tile_cache is None else tile_cache
-        for layer in (self.middle[2], *self.upsamples):
-            x = layer(x, tile_cache)
-        return _causal(self.head[2], F.silu(self.head[0](x)), tile_cache)  # type: ignore[arg-type]
+        return self.middle[1](x, region=region)
+
+    def upper_stages(self, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
+        """Everything after the middle attention, up to the RGB head."""
+        layers = [self.middle[2], *self.upsamples]
+        last_temporal = max((i for i, layer in enumerate(layers)
+                             if isinstance(layer, Resample) and layer.mode == "upsample3d"), default=-1)
+        for layer in layers[: last_temporal + 1]:
+            x = layer(x, cache)
+        # After the last temporal upsample every stage is per-frame or causal through the cache, so its frames can
+        # go through in sub-chunks: the full-resolution activations then hold SUB_FRAMES frames, not four.
+        step = x.shape[2] if cache is None else SUB_FRAMES
+        outs = []
+        for start in range(0, x.shape[2], step):
+            y = x[:, :, start:start + step]
+            for layer in layers[last_temporal + 1:]:
+                y = layer(y, cache)
+            outs.append(_causal(self.head[2], F.silu(self.head[0](y), inplace=True), cache))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,6 +339,15 @@ class WanVAE(nn.Module):
         z = denormalize(z.to(self.device, torch.float32)).to(self.dtype)
         x = self.decoder(self.conv2(z), cache, tile_cache=tile_cache, region=region)
         return x.float().clamp_(-1.0, 1.0)
+
+    def decode_features(self, z: torch.Tensor, cache: _Cache) -> torch.Tensor:
+        """One normalised latent frame -> the decoder's latent-resolution features (what every tile starts from)."""
+        z = denormalize(z.to(self.device, torch.float32)).to(self.dtype)
+        return self.decoder.latent_stages(self.conv2(z), cache)
+
+    def decode_from_features(self, features: torch.Tensor, cache: _Cache) -> torch.Tensor:
+        """`decode_features` output (or a window of it) -> 1 or 4 video frames, clamped, fp32."""
+        return self.decoder.upper_stages(features.to(self.device, self.dtype), cache).float().clamp_(-1.0, 1.0)
 
     def encode_step(self, x: torch.Tensor, cache: _Cache) -> torch.Tensor:
         """One chunk of 1 or 4 frames in [-1,1] -> its normalised latent mean [B,16,1,h,w], fp32."""

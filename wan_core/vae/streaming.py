@@ -15,7 +15,7 @@ import torch
 
 from ..memory.budget import fits
 from ..memory.tiling import TileSpec, plan_tiles
-from .model import CACHE_FRAMES, SPATIAL_FACTOR, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
+from .model import CACHE_FRAMES, SPATIAL_FACTOR, SUB_FRAMES, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
 from .shapes import latent_frames, video_frames
 
 Tiling = Literal["auto", "on", "off"]
@@ -60,7 +60,11 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
         layers = [*vae.encoder.downsamples, *vae.encoder.middle]
     c = vae.decoder.conv1.out_channels if decode else vae.encoder.conv1.out_channels
     act(c, t, hw_)
-    for layer in layers:
+    last_temporal = max((i for i, layer in enumerate(layers)
+                         if isinstance(layer, Resample) and layer.mode == "upsample3d"), default=len(layers))
+    for index, layer in enumerate(layers):
+        if decode and index == last_temporal + 1:
+            t = min(t, SUB_FRAMES)  # the full-resolution stages run in sub-chunks (Decoder3d.forward)
         if isinstance(layer, ResidualBlock):
             c = res(layer, t, hw_)
         elif isinstance(layer, Resample):
@@ -153,8 +157,10 @@ def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_s
     s = SPATIAL_FACTOR
     buffer = torch.empty(b, video_frames(t_lat), h * s, w * s, 3, dtype=torch.float32, device=out_device)
     video = buffer.permute(0, 4, 1, 2, 3)
+    features = None
     if tiles is not None:
         buffer.zero_()
+        features = _shared_features(vae, latent, out_device, on_frame, t_lat * len(tiles))
 
     def step(tile: TileSpec | None, i: int, caches: tuple) -> None:
         f0 = 0 if i == 0 else video_frames(i)
@@ -163,11 +169,28 @@ def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_s
             video[:, :, f0: f0 + frames.shape[2]] = frames
         else:
             (ys, xs), (out_ys, out_xs) = tile.src, tile.dst
-            frames = vae.decode_step(latent[:, :, i: i + 1], caches[0], caches[1], (ys, xs))
+            frames = vae.decode_from_features(features[:, :, i: i + 1, ys, xs], caches[1])
             video[:, :, f0: f0 + frames.shape[2], out_ys, out_xs] += (frames * tile.weight.to(vae.device)).to(out_device)
 
     _stream(tiles, t_lat, step, on_frame)
     return video
+
+
+def _shared_features(vae: WanVAE, latent: torch.Tensor, out_device: torch.device | str,
+                     on_frame: ProgressCallback | None, total: int) -> torch.Tensor:
+    """The latent-resolution stages of every frame, run once for all tiles (they need the whole frame for the
+    middle attention). The trade: these features of the whole clip are kept, in the VAE's dtype on `out_device`
+    (the real VAE: 384 channels at latent resolution, about a quarter of the decoded video's own float32 bytes),
+    instead of re-running those stages for every tile."""
+    cache, kept = _Cache(), None
+    for i in range(latent.shape[2]):
+        f = vae.decode_features(latent[:, :, i: i + 1], cache)
+        if kept is None:
+            kept = torch.empty((*f.shape[:2], latent.shape[2], *f.shape[3:]), dtype=f.dtype, device=out_device)
+        kept[:, :, i: i + 1] = f
+        if on_frame is not None:
+            on_frame(0, total)  # a chance to cancel; the bar moves with the tiles
+    return kept
 
 
 @torch.no_grad()
