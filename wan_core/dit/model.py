@@ -12,6 +12,7 @@ residual stream, norms, modulation and the time MLPs and head in float32; sinuso
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..io.quant.linear import dequantized_once
 from .attention import get_attention
 from .embeddings import sinusoidal_embedding
 from .rope import RotaryEmbedding, apply_rope, apply_rope_
@@ -201,10 +203,11 @@ class WanBlock(nn.Module):
         b, tokens, _ = x.shape
         itemsize = torch.empty((), dtype=self.ffn[0].compute_dtype).element_size()
         step = max(1, FFN_CHUNK_BYTES // (b * self.ffn[0].out_features * itemsize))
-        for start in range(0, tokens, step):
-            part = x[:, start:start + step]
-            y = self.ffn(_modulate_(self.norm2(part), shift, scale))
-            part.addcmul_(y.float(), gate)
+        with dequantized_once(self.ffn[0], self.ffn[2]) if step < tokens else nullcontext():
+            for start in range(0, tokens, step):
+                part = x[:, start:start + step]
+                y = self.ffn(_modulate_(self.norm2(part), shift, scale))
+                part.addcmul_(y.float(), gate)
 
 
 class Head(nn.Module):

@@ -104,3 +104,27 @@ def test_run_blocks_and_a_block_leave_their_input_untouched(model, inputs):
         block = model.blocks[0]
         out = block(state.x, state.e0, state.context, state.rotations)
         assert torch.equal(state.x, tokens) and not torch.equal(out, tokens)
+
+
+def test_a_stored_format_ffn_dequantises_once_however_many_chunks(monkeypatch):
+    from wan_core.io.quant.fp8 import Fp8Linear, quantize_fp8
+
+    torch.manual_seed(0)
+    model = WanDiT(DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=1)).eval()
+    old = model.blocks[0].ffn[0]
+    fp8 = Fp8Linear(old.in_features, old.out_features, compute_dtype=torch.float32)
+    weight, scale = quantize_fp8(old.weight.detach())
+    fp8.weight.data, fp8.weight_scale.data, fp8.bias.data = weight, scale, old.bias.detach().clone()
+    model.blocks[0].ffn[0] = fp8
+    calls = []
+    real = Fp8Linear.dequantized_weight
+    monkeypatch.setattr(Fp8Linear, "dequantized_weight", lambda self, *a: calls.append(1) or real(self, *a))
+    x, t, ctx = torch.randn(1, 16, 2, 8, 8), torch.tensor([500.0]), [torch.randn(9, 4096)]
+    with torch.no_grad():
+        whole = model(x, t, ctx)
+        monkeypatch.setattr(dit_model, "FFN_CHUNK_BYTES", 1)  # 32 one-token chunks
+        calls.clear()
+        model.forget_text()
+        chunked = model(x, t, ctx)
+    assert len(calls) == 1 and (chunked - whole).abs().max().item() < 1e-5
+    assert "_held" not in fp8.__dict__  # not kept after the block

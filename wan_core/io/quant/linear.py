@@ -7,6 +7,9 @@ implements `dequantized_weight(dtype)`. The full-precision weight exists only du
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,10 +34,25 @@ class DequantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
+        held = self.__dict__.get("_held")
+        return F.linear(x.to(dtype), held if held is not None else self.dequantized_weight(dtype), bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, storage={self.storage()}, compute={self.compute_dtype}"
+
+
+@contextmanager
+def dequantized_once(*layers: nn.Module) -> Iterator[None]:
+    """Within the block, stored-format layers among `layers` dequantise once and reuse it for every call (a layer
+    called on several token chunks); other layers are untouched."""
+    held = [layer for layer in layers if isinstance(layer, DequantLinear)]
+    for layer in held:
+        layer.__dict__["_held"] = layer.dequantized_weight(layer.compute_dtype)
+    try:
+        yield
+    finally:
+        for layer in held:
+            layer.__dict__.pop("_held", None)
 
 
 def replace_linear(module: nn.Module, name: str, make: "callable") -> None:
