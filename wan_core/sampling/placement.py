@@ -26,6 +26,7 @@ import torch.nn as nn
 from ..config import PLACEMENTS, WEIGHT_DTYPES
 from ..dit.loader import inspect_dit, load_dit
 from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
+from ..io.quant.fp8 import use_fp8_matmul
 from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..memory.cache import CacheKey, Loader, ModelCache, get_cache
 from .experts import EXPERT_NAMES
@@ -56,6 +57,7 @@ class ExpertSpec:
 
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
+                    fp8_matmul: bool = False,
                     **settings: object) -> ExpertSpec:
     """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
 
@@ -80,6 +82,7 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
             module.set_attention(attention)
         if getattr(module, "compiled", compile) != compile:
             module.compile_blocks(compile)
+        use_fp8_matmul(module, fp8_matmul)
 
     return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, size / params), configure)
 
