@@ -151,7 +151,7 @@ def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ..
     """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
     compute = None if model.compute == "auto" else model.compute
     specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
-                             compute_dtype=compute, compile=model.compile)
+                             compute_dtype=compute, compile=model.compile, fp8_matmul=model.fp8_matmul)
              for path in (model.high_noise_path, model.low_noise_path)]
     config = inspect_dit(model.high_noise_path).config
     working = activation_bytes(config, token_count(config, latent), batch)

@@ -27,6 +27,7 @@ class ModelRequest:
     low_noise_name: str = ""
     compute: str = "auto"  # the DiT's matmul dtype (see config.COMPUTE_OPTIONS)
     compile: bool = False  # torch.compile of the transformer blocks
+    fp8_matmul: bool = False  # e4m3 weights multiplied in fp8 (torch._scaled_mm) instead of dequantised
 
     def __post_init__(self) -> None:
         choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))

@@ -13,7 +13,7 @@ COMPONENTS = ("DiT forward", "VAE decode", "umT5 encoder", "MoE sampler")
 
 def test_tiny_reference_benchmark_prints_a_row_per_component():
     done = subprocess.run([sys.executable, "-m", "bench.reference_cpu", "--tiny"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=900)  # a hang guard, not a timing: a loaded 2-core machine took 300 s
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {}
     for line in done.stdout.splitlines():

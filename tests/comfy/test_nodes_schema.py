@@ -84,7 +84,7 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
 EXPECTED_OPTIONAL = {
     "WanMoESampler": {"step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0})},
     "WanMoEModelLoader": {"compute_dtype": ("COMBO", {"default": "auto", "options": ["auto", "fp32", "bf16", "fp16"]}),
-                          "compile": ("BOOLEAN", {"default": False})},
+                          "compile": ("BOOLEAN", {"default": False}), "fp8_matmul": ("BOOLEAN", {"default": False})},
 }
 
 

@@ -28,7 +28,7 @@ from ..io.quant.linear import replace_linear
 from ..io.quant.packed import dequantize_packed, logical_shape, packed_linear, read_packed
 from ..io.reader import TensorReader
 from .keys import diffusers_to_official, is_diffusers_layout
-from .model import DiTConfig, WanDiT
+from .model import FP32_MODULES, DiTConfig, WanDiT
 
 PREFIXES = ("model.diffusion_model.", "model.")
 _BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
@@ -297,9 +297,23 @@ class _Plan:
     file_fp8: dict[str, torch.dtype]  # layers the file stores in fp8 with a per-tensor scale
     packed: dict[str, PackedLayer]  # layers kept packed (GGML / nvfp4 / mxfp8 / int8 Linears)
     plain: torch.dtype | None  # dtype of everything else; None = as stored
+    native: dict[str, torch.dtype] = None  # auto: layers that compute in a narrower dtype than stored -> that dtype
+
+    def dtype_of(self, name: str, stored: torch.dtype) -> torch.dtype | None:
+        """The dtype a plain tensor is kept in (None: as stored)."""
+        if self.plain is not None:
+            return self.plain
+        compute = (self.native or {}).get(name.rpartition(".")[0])
+        if compute is not None and stored.is_floating_point and stored != compute and \
+                stored.itemsize >= compute.itemsize:
+            # Converted once here instead of at every call (an fp16 file under bf16 compute cast every full
+            # weight per forward): the same values the per-call cast gives, in no more memory.
+            return compute
+        return None
 
 
-def _plan(opened: _Opened, model: WanDiT, expected: dict[str, tuple[int, ...]], target: torch.dtype | None) -> _Plan:
+def _plan(opened: _Opened, model: WanDiT, expected: dict[str, tuple[int, ...]], target: torch.dtype | None,
+          compute: torch.dtype) -> _Plan:
     ckpt, fp8 = opened.ckpt, opened.fp8
     file_fp8 = {layer: ckpt.infos[layer + ".weight"].dtype for layer in (fp8.layers if fp8 else {})
                 if ckpt.infos[layer + ".weight"].dtype in FP8_DTYPES}
@@ -313,7 +327,12 @@ def _plan(opened: _Opened, model: WanDiT, expected: dict[str, tuple[int, ...]], 
         packed = {}
     else:
         fp8_layers, packed = {}, {}
-    return _Plan(fp8_layers, file_fp8, packed, target if target not in FP8_DTYPES else None)
+    native = None
+    if target is None:
+        native = {n: compute for n, m in model.named_modules()
+                  if isinstance(m, (nn.Linear, nn.Conv3d)) and not n.startswith(FP32_MODULES)
+                  and n not in fp8_layers and n not in packed}
+    return _Plan(fp8_layers, file_fp8, packed, target if target not in FP8_DTYPES else None, native)
 
 
 def _swap_layers(model: WanDiT, plan: _Plan, opened: _Opened, compute: torch.dtype) -> None:
@@ -361,7 +380,7 @@ def _fill(model: WanDiT, name: str, plan: _Plan, opened: _Opened, reader: Tensor
         value = dequantize_packed(reader, name, opened.quant.packed[layer], shape)
         _assign(model, name, value.to(plan.plain or torch.float32))
     else:
-        _assign(model, name, reader.read(name, plan.plain))
+        _assign(model, name, reader.read(name, plan.dtype_of(name, opened.ckpt.infos[name].dtype)))
 
 
 def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dtype: str = "auto",
@@ -377,7 +396,7 @@ def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dty
         model = WanDiT(config, attention=attention)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     _check_keys(opened, expected, path)
-    plan = _plan(opened, model, expected, target)
+    plan = _plan(opened, model, expected, target, compute)
     _swap_layers(model, plan, opened, compute)
 
     reader = TensorReader(ckpt, opened.source, device)

@@ -135,8 +135,10 @@ class ModelCache:
             return module
 
     def stream(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
-               prefetch: bool = True, pin: bool = True, blocks: str = "blocks", lock: bool = False) -> nn.Module:
-        """The model for `key` kept in RAM with its `blocks` streamed to `device` one at a time (see BlockStreamer)."""
+               prefetch: bool = True, pin: bool = True, blocks: str = "blocks", lock: bool = False,
+               resident: int = 0) -> nn.Module:
+        """The model for `key` kept in RAM with its `blocks` streamed to `device` one at a time (the first `resident`
+        kept there; see BlockStreamer)."""
         device = torch.device(device)
         with self._lock:
             entry = self._entries.get(key)
@@ -147,7 +149,7 @@ class ModelCache:
                 return entry.module
             module = self.get(key, load, size_bytes=size_bytes, device="cpu", pin=pin)
             entry = self._entries[key]
-            streamer = BlockStreamer(module, getattr(module, blocks), device, prefetch=prefetch)
+            streamer = BlockStreamer(module, getattr(module, blocks), device, prefetch=prefetch, resident=resident)
             if device.type != "cpu":
                 self._make_room(streamer.device_bytes(), device, exclude=(key,), what=f"streaming {key.label}")
             entry.locks += 1  # streaming memory must not evict the entry being streamed

@@ -119,17 +119,21 @@ class BlockStreamer:
 
     attach(): every tensor outside the blocks is copied to the device (the host tensors are kept); hooks
     copy block i to the device before its forward and put the host tensors back after it. With `prefetch`,
-    block i+1 (wrapping to 0 for the next forward) is copied while block i runs, on a side CUDA stream.
+    block i+1 (wrapping to 0 for the next forward) is copied while block i runs, on a side CUDA stream. The first
+    `resident` blocks stay on the device for as long as the streamer is attached (fewer copies per step for the
+    device memory they take).
     detach() puts every host tensor back and drops all device copies; it allocates nothing, so it cannot
     fail for lack of memory, and it is safe after an exception in the middle of a forward.
     """
 
     def __init__(self, module: nn.Module, blocks: nn.ModuleList, device: torch.device | str, *,
-                 prefetch: bool = True) -> None:
-        self.module, self.blocks, self.device = module, blocks, torch.device(device)
+                 prefetch: bool = True, resident: int = 0) -> None:
+        self.module, self.device = module, torch.device(device)
+        self.resident = max(0, min(int(resident), len(blocks)))
+        self.blocks = list(blocks)[self.resident:]  # the streamed ones
         self.prefetch = prefetch
-        block_ids = {id(m) for b in blocks for m in b.modules()}
-        self._block_slots = [list(tensor_slots(b)) for b in blocks]
+        block_ids = {id(m) for b in self.blocks for m in b.modules()}
+        self._block_slots = [list(tensor_slots(b)) for b in self.blocks]
         self._other_slots = [s for s in tensor_slots(module) if id(s[0]) not in block_ids]
         self._host: dict[Slot, torch.Tensor] = {}
         self._staged: dict[int, tuple[list[torch.Tensor], object]] = {}
@@ -141,11 +145,11 @@ class BlockStreamer:
         self.max_blocks_on_device = 0
 
     def device_bytes(self) -> int:
-        """Bytes the streamer needs on the device: everything outside the blocks plus two blocks."""
+        """Bytes the streamer needs on the device: everything outside the streamed blocks plus two of them."""
         other = _slot_bytes([self._host.get(s, read_slot(s)) for s in self._other_slots])
         block = max((_slot_bytes([self._host.get(s, read_slot(s)) for s in slots]) for slots in self._block_slots),
                     default=0)
-        return other + 2 * block
+        return other + 2 * block if self.blocks else other
 
     def bytes_by_tier(self) -> dict[str, int]:
         """Accounting for the cache: host tensors on their pool, the streaming reserve on the device."""

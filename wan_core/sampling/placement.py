@@ -26,6 +26,7 @@ import torch.nn as nn
 from ..config import PLACEMENTS, WEIGHT_DTYPES
 from ..dit.loader import inspect_dit, load_dit
 from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
+from ..io.quant.fp8 import use_fp8_matmul
 from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..memory.cache import CacheKey, Loader, ModelCache, get_cache
 from .experts import EXPERT_NAMES
@@ -47,6 +48,7 @@ class ExpertSpec:
     load: Loader
     size_bytes: int
     stream_bytes: int | None = None  # device bytes while streaming (non-block weights + two blocks)
+    block_bytes: int = 0  # one transformer block's weights (for keeping blocks resident while streaming)
     configure: Callable[[nn.Module], None] | None = None
 
     def streaming_bytes(self) -> int:
@@ -56,6 +58,7 @@ class ExpertSpec:
 
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
+                    fp8_matmul: bool = False,
                     **settings: object) -> ExpertSpec:
     """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
 
@@ -80,8 +83,11 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
             module.set_attention(attention)
         if getattr(module, "compiled", compile) != compile:
             module.compile_blocks(compile)
+        use_fp8_matmul(module, fp8_matmul)
 
-    return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, size / params), configure)
+    per_param = size / params
+    return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, per_param), configure,
+                      int(param_counts(info.config).block * per_param))
 
 
 def expert_advice(tier: str, policy: str) -> str:
@@ -104,6 +110,7 @@ class PlacementPlan:
     policy: str
     idle: str
     reason: str
+    resident_blocks: int = 0  # stream: blocks kept on the device beside the two streamed ones
 
     def __str__(self) -> str:
         return f"placement {self.policy} (idle expert: {self.idle}): {self.reason}"
@@ -193,10 +200,16 @@ class CachedExperts:
         ram_room, ram_note = (device_room, "") if tier == "cpu" else self._room("cpu", torch.device("cpu"))
         note = f" ({tier}: {note}; {gib(working_bytes)} kept for activations" + \
                (f"; RAM: {ram_note})" if ram_note else ")")
-        return plan_placement(placement, high_bytes=high.size_bytes, low_bytes=low.size_bytes,
-                              stream_bytes=max(high.streaming_bytes(), low.streaming_bytes()),
+        stream = max(high.streaming_bytes(), low.streaming_bytes())
+        plan = plan_placement(placement, high_bytes=high.size_bytes, low_bytes=low.size_bytes, stream_bytes=stream,
                               device_room=device_room, ram_room=ram_room, device_is_cpu=tier == "cpu",
                               device_name=tier, room_note=note)
+        block = max(high.block_bytes, low.block_bytes)
+        if plan.policy == "stream" and block > 0 and tier != "cpu":  # the room left beside the streaming footprint holds whole blocks
+            resident = max(0, (device_room - stream) // block)
+            plan = PlacementPlan(plan.policy, plan.idle, plan.reason + f"; {resident} blocks kept on the device",
+                                 int(resident))
+        return plan
 
     @property
     def policy(self) -> str:
@@ -221,7 +234,8 @@ class CachedExperts:
         try:
             if self.plan.policy == "stream":
                 module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
-                                           prefetch=self.prefetch, pin=self.pin, lock=lock)
+                                           prefetch=self.prefetch, pin=self.pin, lock=lock,
+                                           resident=self.plan.resident_blocks)
             else:
                 module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                         lock=lock)

@@ -13,7 +13,7 @@ from wan_core.sampling.experts import ResidentExperts
 from wan_core.memory.budget import GiB, MemoryBudget, NotEnoughMemoryError
 from wan_core.memory.offload import BlockStreamer
 from wan_core.dit.sizes import stream_bytes_for
-from wan_core.sampling.placement import CachedExperts, plan_placement
+from wan_core.sampling.placement import CachedExperts, ExpertSpec, plan_placement
 from wan_core.dit.model import DiTConfig
 
 GPU = dict(device_is_cpu=False, device_name="cuda:0")
@@ -104,6 +104,42 @@ def test_block_streaming_matches_the_resident_model_and_restores_it(prefetch):
     assert all(not b._forward_pre_hooks and not b._forward_hooks for b in model.blocks)
     with torch.no_grad():
         assert torch.equal(model(x, t, context), expected)
+
+
+def test_resident_blocks_stay_on_the_device_and_only_the_rest_are_copied():
+    torch.manual_seed(0)
+    from wan_core.dit.model import WanDiT
+
+    model = WanDiT(TINY).eval().requires_grad_(False)
+    x, context = inputs(TINY)
+    t = torch.tensor([900.0])
+    with torch.no_grad():
+        expected = model(x, t, context)
+    host = {name: p.data_ptr() for name, p in model.named_parameters()}
+    streamer = BlockStreamer(model, model.blocks, "cpu", prefetch=False, resident=1)
+    full = BlockStreamer(model, model.blocks, "cpu", prefetch=False)
+    streamer.attach()
+    resident_copy = model.blocks[0].ffn[0].weight.data_ptr()
+    with torch.no_grad():
+        first, second = model(x, t, context), model(x, t, context)
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+    assert streamer.copies == 2 * (TINY.num_layers - 1)  # block 0 was copied once, at attach
+    assert resident_copy != host["blocks.0.ffn.0.weight"] and model.blocks[0].ffn[0].weight.data_ptr() == resident_copy
+    block = sum(p.numel() * 4 for p in model.blocks[1].parameters())
+    assert streamer.device_bytes() == full.device_bytes() + block  # one more block on the device, two still streamed
+    streamer.detach()
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == host
+
+
+def test_streaming_keeps_as_many_blocks_resident_as_the_room_beside_it_holds():
+    spec = ExpertSpec(CacheKey("dit", ("x",)), lambda dev: None, size_bytes=100 * GiB, stream_bytes=10 * GiB,
+                      block_bytes=2 * GiB)
+    experts = CachedExperts.__new__(CachedExperts)
+    experts.specs, experts.device = {"high": spec, "low": spec}, torch.device("cuda", 0)
+    experts._room = lambda tier, device: (17 * GiB, "test") if tier != "cpu" else (200 * GiB, "test")
+    plan = experts._plan("stream", working_bytes=1 * GiB)
+    assert plan.policy == "stream" and plan.resident_blocks == 3  # (17 - 1 - 10) GiB // 2 GiB
+    assert plan.reason.endswith("3 blocks kept on the device")
 
 
 def test_streaming_detach_after_an_exception_inside_a_forward():

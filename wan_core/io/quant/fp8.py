@@ -7,12 +7,15 @@ Three kinds of fp8 files are in circulation (ComfyUI QUANTIZATION.md and Comfy-O
   * ComfyUI's quantization metadata (newer): a `_quantization_metadata` JSON entry in the safetensors
     header listing quantized layers, with `<layer>.weight_scale` and optional `<layer>.input_scale`.
 `describe_fp8` reads which layers are quantized and where their scales are; `Fp8Linear` computes
-`x @ (w_fp8 * scale)^T + b` with the product formed in fp32 and cast once to the compute dtype.
+`x @ (w_fp8 * scale)^T + b` with the product formed in fp32 and cast once to the compute dtype, or, with
+`use_fp8_matmul`, as one fp8 GEMM (`torch._scaled_mm`) on an input quantised per tensor to e4m3 (the GPU fast
+path of Ada/Hopper/Blackwell, as ComfyUI's fp8_e4m3fn_fast).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +23,8 @@ import torch.nn as nn
 
 from ..checkpoint import Checkpoint
 from .linear import DequantLinear, replace_linear
+
+log = logging.getLogger(__name__)
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
@@ -90,6 +95,45 @@ class Fp8Linear(DequantLinear):
 
     def storage(self) -> str:
         return str(self.weight.dtype).replace("torch.", "")
+
+    scaled_mm = False  # set by `use_fp8_matmul`: multiply in fp8 (torch._scaled_mm) instead of dequantising
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scaled_mm and self.weight.dtype == torch.float8_e4m3fn:
+            try:
+                return self._fp8_matmul(x)
+            except RuntimeError as exc:  # a shape or device the kernel does not take: dequantise from now on
+                log.warning("fp8 matmul unavailable for %s (%s); dequantising instead", self.extra_repr(), exc)
+                self.scaled_mm = False
+        return super().forward(x)
+
+    def _fp8_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ w^T with x quantised per tensor to e4m3 (scale amax/448, computed per call) and the fp8 weight as
+        stored: one fp8 GEMM with both scales applied in it, output in the compute dtype."""
+        dtype = self.compute_dtype
+        flat = x.reshape(-1, self.in_features).to(dtype)
+        x_scale = (flat.abs().amax().float() / E4M3_MAX).clamp_min(1e-12)
+        quantised = (flat / x_scale.to(dtype)).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        bias = self.bias.to(dtype) if self.bias is not None else None
+        out = torch._scaled_mm(quantised, self.weight.t(), scale_a=x_scale, scale_b=self.weight_scale.float(),
+                               bias=bias, out_dtype=dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
+
+
+def fp8_matmul_supported(device: torch.device) -> bool:
+    """Whether `device` has fp8 tensor-core matmuls (Ada, Hopper, Blackwell: compute capability 8.9+)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def use_fp8_matmul(module: nn.Module, enabled: bool) -> int:
+    """Turn fp8 matmuls on or off for every e4m3 Fp8Linear in `module`; returns how many layers it applies to."""
+    layers = [m for m in module.modules() if isinstance(m, Fp8Linear) and m.weight.dtype == torch.float8_e4m3fn]
+    for layer in layers:
+        layer.scaled_mm = enabled
+    return len(layers)
 
 
 def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
