@@ -86,8 +86,8 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
         use_fp8_matmul(module, fp8_matmul)
 
     per_param = size / params
-    return ExpertSpec(key, load, int(size), stream_bytes_for(info.config, per_param), configure,
-                      int(param_counts(info.config).block * per_param))
+    return ExpertSpec(key, load, int(size), stream_bytes=stream_bytes_for(info.config, per_param),
+                      block_bytes=int(param_counts(info.config).block * per_param), configure=configure)
 
 
 def expert_advice(tier: str, policy: str) -> str:
