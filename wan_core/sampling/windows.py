@@ -7,8 +7,12 @@ grow with the window, not with the video) and the windows' guided velocities are
 
 with raw weights r_w from the `fuse` method:
   pyramid  1, 2, ..., peak, ..., 2, 1 over the window (FreeNoise's weighted average; what ComfyUI core offers)
-  linear   1 inside, ramps (k + 1) / (n + 1), k = 0..n-1, over the n frames shared with each neighbour; neighbours
-           that overlap by n frames then sum to exactly 1 there.
+  linear   1 inside, ramps (k + 1) / (O + 1), k = 0..O-1, over the first / last O frames (O = the overlap setting)
+           on the sides that have a neighbour (ComfyUI core's overlap-linear, without its zero end weight): two
+           windows sharing exactly O frames cross-fade linearly and sum to exactly 1 there; where the even spacing
+           makes them share more, the middle of the shared frames is an equal average.
+With two windows sharing exactly O frames both methods give the same blend; pyramid cross-fades over all the shared
+frames, linear only over O of them at each end.
 A frame covered by one window takes that window's velocity unchanged (a_w = 1 exactly), so a video of exactly one
 window is the plain run bit for bit.
 
@@ -80,13 +84,12 @@ def window_starts(frames: int, length: int, overlap: int) -> list[int]:
     return [round(k * (frames - length) / (count - 1)) for k in range(count)]
 
 
-def _raw_weights(fuse: str, starts: list[int], length: int, k: int) -> list[float]:
+def _raw_weights(fuse: str, starts: list[int], length: int, overlap: int, k: int) -> list[float]:
     """r_w over window k's frames before normalisation."""
     if fuse == "pyramid":
         return [float(min(i + 1, length - i)) for i in range(length)]
-    left = starts[k - 1] + length - starts[k] if k > 0 else 0  # frames shared with the previous window
-    right = starts[k] + length - starts[k + 1] if k + 1 < len(starts) else 0
-    return [min(1.0, (i + 1) / (left + 1) if left else 1.0, (length - i) / (right + 1) if right else 1.0)
+    left, right = k > 0, k + 1 < len(starts)
+    return [min(1.0, (i + 1) / (overlap + 1) if left else 1.0, (length - i) / (overlap + 1) if right else 1.0)
             for i in range(length)]
 
 
@@ -102,7 +105,7 @@ def plan_windows(settings: ContextWindows, frames: int, prompts: int = 1) -> Win
         raise ValueError(f"{prompts} prompts for {len(starts)} context window{'s' if len(starts) > 1 else ''} "
                          f"({pixel_frames(frames)} frames in windows of {settings.frames}, overlap {settings.overlap}); "
                          f"give at most {len(starts)} prompts, or a longer video / shorter windows")
-    raw = [_raw_weights(settings.fuse, starts, length, k) for k in range(len(starts))]
+    raw = [_raw_weights(settings.fuse, starts, length, overlap, k) for k in range(len(starts))]
     total = [0.0] * frames
     for start, weights in zip(starts, raw):
         for i, r in enumerate(weights):
