@@ -42,7 +42,7 @@ def test_windowed_run_reports_its_windows_and_repeats_bit_for_bit(names, comfy_s
     other, _ = latent_and_text(comfy_server, comfy_client, windowed(names, "b", seed=6))  # ComfyUI's cache moves on
     again, _ = latent_and_text(comfy_server, comfy_client, windowed(names, "c"))  # so this runs the sampler again
     assert tuple(first.shape) == (1, 16, 5, 6, 8) and again.equal(first) and not other.equal(first)
-    assert text[1] == ("2 context windows of 3 latent frames (9 px frames), overlap 1 (4), pyramid: latent frames "
+    assert text[0].split("\n")[1] == ("2 context windows of 3 latent frames (9 px frames), overlap 1 (4), pyramid: latent frames "
                        "0-2, 2-4 of 5")
 
 
@@ -81,7 +81,7 @@ def test_prompt_travel_gives_the_windows_their_prompts(names, comfy_server, comf
     two, text = latent_and_text(comfy_server, comfy_client,
                                 travel(windowed(names, "two"), ["a fox in the snow", "a fox by the sea"]))
     assert same.equal(one) and not two.equal(one)
-    assert text[1].startswith("2 context windows of 3 latent frames") and ", 2 prompts:" in text[1]
+    assert text[0].split("\n")[1].startswith("2 context windows of 3 latent frames") and ", 2 prompts:" in text[0].split("\n")[1]
 
 
 def test_more_prompts_than_windows_fail_before_any_expert_loads(names, comfy_server, comfy_client):
