@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_core.dit.model import DiTConfig, WanDiT
+from wan_core.dit.model import WanDiT
+from wan_core.testing.tiny.dit import perturbed_dit
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.sampling.sampler import make_noise, sample_moe
 from wan_core.sampling.schedule import build_schedule
@@ -16,15 +17,7 @@ RUN = dict(steps=4, shift=5.0, seed=5)
 
 @pytest.fixture(scope="module")
 def models() -> tuple[WanDiT, WanDiT]:
-    out = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = WanDiT(DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=32))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        out.append(model.eval())
-    return out[0], out[1]
+    return perturbed_dit(1), perturbed_dit(2)
 
 
 @pytest.fixture(scope="module")

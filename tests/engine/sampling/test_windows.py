@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_core.dit.model import DiTConfig, WanDiT
+from wan_core.testing.tiny.dit import perturbed_dit
 from wan_core.requests import ContextWindows
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.sampling.sampler import sample_moe
@@ -14,19 +14,9 @@ from wan_core.sampling.windows import plan_windows, window_starts
 RUN = dict(steps=4, shift=5.0, seed=11)  # t 999, 937 high-noise; 833, 624 low-noise
 
 
-def tiny(seed: int) -> WanDiT:
-    """A tiny DiT (128-wide heads, 64-wide 32-token text) with perturbed weights."""
-    torch.manual_seed(seed)
-    model = WanDiT(DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def experts() -> ResidentExperts:
-    return ResidentExperts(tiny(1), tiny(2))
+    return ResidentExperts(perturbed_dit(1), perturbed_dit(2))
 
 
 @pytest.fixture(scope="module")
