@@ -8,7 +8,7 @@ a frame), 2 UniPC steps, windows of 5 latent frames (17 px) sharing 1 (4 px); 5 
 
 What still grows with the video is latent-sized: x, the noise, the blended velocity, and the solver's state
 (UniPC keeps two x0 estimates and the previous sample, plus its temporaries), so the bound is a fixed number of
-latents, not one: measured 4.1 latents of the 20-frame run. An unwindowed run would instead grow by its activations
+latents, not one: measured 3.9-4.1 latents of the 20-frame run. An unwindowed run would instead grow by its activations
 (the engine's estimate: 37.5 MiB here, 30x the latent), which the bound excludes.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-LATENT_BUFFERS = 8  # latent-sized tensors the windowed loop may hold at its peak (measured 4.1)
+LATENT_BUFFERS = 8  # latent-sized tensors the windowed loop may hold at its peak (measured 3.9-4.1)
 
 PROBE = """
 import gc, json, re, sys, torch
