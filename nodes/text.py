@@ -1,4 +1,5 @@
-"""WanMoETextEncode: prompts -> standard CONDITIONING, interchangeable with core CLIPLoader(type=wan) + CLIPTextEncode."""
+"""WanMoETextEncode: prompts -> standard CONDITIONING, interchangeable with core CLIPLoader(type=wan) + CLIPTextEncode.
+WanMoEPromptTravel: one prompt per line -> a CONDITIONING of one entry per prompt (context windows spread them)."""
 
 from __future__ import annotations
 
@@ -48,4 +49,43 @@ class WanMoETextEncode(io.ComfyNode):
         return io.NodeOutput(result.positive, result.negative)
 
 
-NODES = [WanMoETextEncode]
+def _prompt_lines(prompts: str) -> list[str]:
+    return [line.strip() for line in prompts.splitlines() if line.strip()]
+
+
+class WanMoEPromptTravel(io.ComfyNode):
+    """A prompt list for context windows: window groups of a long video follow the prompts in order."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="WanMoEPromptTravel",
+            display_name="Wan2.2 Prompt Travel",
+            category=CATEGORY,
+            description="One prompt per line. With context windows on the sampler, P prompts over W windows give "
+                        "window w the prompt floor(w x P / W): consecutive windows share a prompt, the first and last "
+                        "prompts open and close the video. Needs at most as many prompts as windows.",
+            inputs=[
+                WanMoETextEncoderType.Input("text_encoder", tooltip="From the Wan2.2 Text Encoder Loader."),
+                io.String.Input("prompts", multiline=True, default="", dynamic_prompts=True,
+                                tooltip="One prompt per line, in the order the video should follow; blank lines are "
+                                        "skipped. Each is cleaned and cut at 512 tokens like Wan2.2 Text Encode's."),
+                io.String.Input("negative", multiline=True, default=NEGATIVE_PROMPT, dynamic_prompts=True,
+                                tooltip="One negative prompt for every window (empty: the official default)."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, prompts: str) -> bool | str:
+        return True if _prompt_lines(prompts) else "prompts is empty: write one prompt per line"
+
+    @classmethod
+    def execute(cls, text_encoder: api.TextEncoderRequest, prompts: str, negative: str) -> io.NodeOutput:
+        result = api.encode_prompts(text_encoder, _prompt_lines(prompts), negative, compute_device=compute_device())
+        if any(result.dropped):
+            log.warning("WanMoEPromptTravel: a prompt is longer than 512 tokens; tokens beyond were dropped")
+        return io.NodeOutput(result.positive, result.negative)
+
+
+NODES = [WanMoETextEncode, WanMoEPromptTravel]

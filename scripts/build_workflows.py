@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from wan_core.config import (  # noqa: E402
-    COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH,
+    COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH, WINDOW_FRAMES,
+    WINDOW_OVERLAP,
 )
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -47,7 +48,8 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "WanMoETextEncode": ([("text_encoder", "WANMOE_TEXT_ENCODER")], [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
     "WanMoEEmptyLatent": ([], [("LATENT", "LATENT")]),
     "WanMoESampler": ([("model", "WANMOE_MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
-                       ("latent", "LATENT")], [("LATENT", "LATENT")]),
+                       ("latent", "LATENT"), ("sigmas", "SIGMAS"), ("windows", "WANMOE_WINDOWS")], [("LATENT", "LATENT")]),
+    "WanMoEContextWindows": ([], [("windows", "WANMOE_WINDOWS")]),
     "WanMoEVAELoader": ([], [("vae", "WANMOE_VAE")]),
     "WanMoEVAEDecode": ([("vae", "WANMOE_VAE"), ("samples", "LATENT")], [("IMAGE", "IMAGE")]),
     "WanMoEUpscaleModelLoader": ([], [("upscale_model", "UPSCALE_MODEL")]),
@@ -160,8 +162,12 @@ def files_note(files: list[str], extra: str = "") -> str:
     return "\n".join(lines)
 
 
+# The sampler's optional settings at their defaults (today's behaviour), written out so UI file and API twin agree.
+SAMPLER_OPTIONS = {"step_cache": 0.0, "schedule": "official", "switch": "boundary", "switch_step": 20}
+
+
 def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, height: int,
-              placement: str) -> list[Node]:
+              placement: str, length: int = FRAMES, windows: Node | None = None) -> list[Node]:
     """Text-to-video up to the frames (ids 1-7): loaders -> text encode -> sampler -> VAE decode (the last node)."""
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
@@ -172,12 +178,14 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
                    pos=(40, 320), size=(380, 110), models=(t5,))
     text = Node(3, "WanMoETextEncode", {"text_encoder": (encoder, 0), "positive": PROMPT, "negative": NEGATIVE_PROMPT},
                 pos=(460, 320), size=(420, 300))
-    latent = Node(4, "WanMoEEmptyLatent", {"width": width, "height": height, "length": FRAMES, "batch_size": 1},
+    latent = Node(4, "WanMoEEmptyLatent", {"width": width, "height": height, "length": length, "batch_size": 1},
                   pos=(460, 660), size=(320, 130))
-    sampler = Node(5, "WanMoESampler", {"model": (model, 0), "positive": (text, 0), "negative": (text, 1),
-                                        "latent": (latent, 0), "seed": 42, "steps": STEPS, "cfg_high": GUIDE_HIGH,
-                                        "cfg_low": GUIDE_LOW, "shift": SHIFT, "sampler": "unipc", "denoise": 1.0, "step_cache": 0.0},
-                   pos=(920, 80), size=(340, 330))
+    sampler_inputs = {"model": (model, 0), "positive": (text, 0), "negative": (text, 1), "latent": (latent, 0),
+                      "seed": 42, "steps": STEPS, "cfg_high": GUIDE_HIGH, "cfg_low": GUIDE_LOW, "shift": SHIFT,
+                      "sampler": "unipc", "denoise": 1.0, **SAMPLER_OPTIONS}
+    if windows is not None:
+        sampler_inputs["windows"] = (windows, 0)
+    sampler = Node(5, "WanMoESampler", sampler_inputs, pos=(920, 80), size=(340, 420))
     vae_loader = Node(6, "WanMoEVAELoader", {"vae": vae, "dtype": "bf16"}, pos=(460, 830), size=(340, 90), models=(vae,))
     decode = Node(7, "WanMoEVAEDecode", {"vae": (vae_loader, 0), "samples": (sampler, 0), "tiling": "auto",
                                          "tile_size": 0, "tile_overlap": 0}, pos=(1300, 80), size=(300, 150))
@@ -231,6 +239,18 @@ def t2v_upscale_graph(*, target: tuple[int, int], upscale_model: str | None, not
     note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
                 title="Model files")
     return nodes + [note]
+
+
+def t2v_long_graph(*, frames: int, note_extra: str, prefix: str) -> list[Node]:
+    """Text-to-video longer than 81 frames: the 720p graph with Wan2.2 Context Windows on the sampler."""
+    windows = Node(11, "WanMoEContextWindows", {"window_frames": WINDOW_FRAMES, "overlap_frames": WINDOW_OVERLAP,
+                                                "fuse": "pyramid"}, pos=(460, 960), size=(320, 130))
+    nodes = t2v_nodes(high=COMFY_FILES["high_fp8"], low=COMFY_FILES["low_fp8"], t5=COMFY_FILES["t5_fp8"],
+                      t5_device="cpu", width=832, height=480, placement="auto", length=frames, windows=windows)
+    nodes += video_nodes((nodes[-1], 0), prefix, x=1300)
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
+                title="Model files")
+    return nodes + [windows, note]
 
 
 UPSCALE_NOTE = ("Generates at 832x480 (fp8 experts, text encoder on the CPU), then 'Wan2.2 Video Upscale' makes "
@@ -311,6 +331,12 @@ def all_workflows() -> dict[str, list[Node]]:
             width=832, height=480, placement="auto", prefix="video/wan22_t2v_480p_fp8",
             note_extra="Low-VRAM setup: Comfy-Org's fp8_scaled experts, the text encoder on the CPU, 832x480; placement "
                        "auto swaps or streams the experts to fit the GPU."),
+        "wan22_t2v_a14b_long": t2v_long_graph(
+            frames=161, prefix="video/wan22_t2v_long_480p",
+            note_extra="161 frames (10 s at 16 fps) at 832x480: Wan2.2 Context Windows runs every step on windows of "
+                       "81 frames (what Wan2.2 is trained on) that share at least 16 frames, blended smoothly; memory "
+                       "per step follows the window. For more frames raise the latent's length (4n+1). To continue "
+                       "a finished clip instead, see docs/long_video.md (Wan2.2 Extend Latent / Extend Join)."),
         "wan22_t2v_a14b_upscale": t2v_upscale_graph(
             target=(WIDTH, HEIGHT), upscale_model=None, prefix="video/wan22_t2v_upscale_720p",
             note_extra=UPSCALE_NOTE.format(w=WIDTH, h=HEIGHT) + " Without an upscale model the frames are resampled "

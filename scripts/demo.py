@@ -28,6 +28,9 @@ OUT_DIR = REPO_ROOT / "out"
 TINY = {"width": 64, "height": 48, "length": 5, "steps": 4}  # 5 frames -> 2 latent frames; 64x48 -> 8x6 latent; 4 steps at shift 12 = 3 high-noise + 1 low-noise
 # Which node inputs the tiny size goes to (class_type -> input names).
 TINY_INPUTS = {"WanMoEEmptyLatent": ("width", "height", "length"), "WanMoESampler": ("steps",)}
+# A workflow with context windows stays windowed at the tiny size: 17 frames (5 latent) in windows of 9 frames
+# (3 latent) sharing 4 (1 latent) -> two windows, latent frames 0-2 and 2-4.
+TINY_WINDOWS = {"length": 17, "window_frames": 9, "overlap_frames": 4}
 # The engine's tiny writers (wan_core/testing/tiny/<module>.py) and the function each must expose:
 # write_comfy_file(path, role, fp8, seed) writing one tiny file in the layout ComfyUI users download.
 TINY_WRITER_MODULES = {"dit": "dit", "t5": "t5", "vae": "vae"}
@@ -97,6 +100,13 @@ def patch_to_tiny_size(workflow: dict, size: dict = TINY) -> dict:
             f"{API_WORKFLOW.name}: found no {', '.join(missing)} input on its "
             f"{'/'.join(TINY_INPUTS)} nodes; the demo cannot shrink the run (expected inputs: {TINY_INPUTS})"
         )
+    windows = [node for node in patched.values() if node.get("class_type") == "WanMoEContextWindows"]
+    for node in windows:
+        node["inputs"].update(window_frames=TINY_WINDOWS["window_frames"], overlap_frames=TINY_WINDOWS["overlap_frames"])
+    if windows:
+        for node in patched.values():
+            if node.get("class_type") == "WanMoEEmptyLatent":
+                node["inputs"]["length"] = TINY_WINDOWS["length"]
     return patched
 
 

@@ -51,6 +51,14 @@ PLACEMENTS = ("auto", "resident", "swap", "stream")
 # DiT matmul precision: auto = bf16 on a GPU, fp32 on the CPU (bf16 on the CPU: faster matmuls, a measured difference).
 COMPUTE_OPTIONS = ("auto", "fp32", "bf16", "fp16")
 SOLVERS = ("unipc", "dpm++", "euler")
+# Sigma grids (sampling/schedule.py): "official" is the solver's own (unipc -> unipc_grid, dpm++ / euler -> dpm_grid);
+# simple / beta are ComfyUI's schedulers of those names on a discrete-flow model with the run's shift.
+SCHEDULES = ("official", "unipc_grid", "dpm_grid", "simple", "beta")
+# Where the high-noise expert hands over: at the model's boundary timestep (official), or at a step index.
+SWITCH_MODES = ("boundary", "step")
+# Context windows (sampling/windows.py): window length and overlap in pixel frames, and how overlaps are blended.
+WINDOW_FRAMES, WINDOW_OVERLAP = 81, 16
+FUSE_METHODS = ("pyramid", "linear")
 CFG_BATCH_MODES = ("auto", "on", "off")
 # Text encoder: where it runs, and its precision (fp8_e4m3fn keeps scaled fp8 storage, computed in bf16).
 TEXT_DEVICES = ("gpu", "cpu")

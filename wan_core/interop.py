@@ -3,6 +3,9 @@
   IMAGE         [frames, H, W, 3] float in 0..1            <->  video [B, 3, F, H, W] in [-1, 1]
   LATENT        {"samples": raw Wan2.1 latent [B, 16, T, h, w], ...}  <->  the normalised latent the DiT sees
   CONDITIONING  [[context [B, tokens, 4096], {extras}], ...]  <->  one [tokens, 4096] text context per item
+                (several entries, as core ConditioningCombine makes: a prompt list for context windows)
+  SIGMAS        1-D float tensor, n+1 sigmas ending at 0      <->  the float values (float64 out: exact timesteps)
+  noise_mask    LATENT["noise_mask"], 1 = denoise, 0 = keep   <->  a mask in the latent's shape (core reshape_mask)
 
 The front door (`wan_core.api`) does every conversion through these functions; the nodes pass ComfyUI's
 objects through untouched.
@@ -86,6 +89,14 @@ def comfy_context(embedding: torch.Tensor, text_len: int = TEXT_LEN) -> torch.Te
     return out
 
 
+def conditioning_to_prompts(conditioning: list, label: str) -> list[list[torch.Tensor]]:
+    """Every entry of a CONDITIONING as its per-item contexts: the prompt list of context windows (prompt travel)."""
+    if not conditioning:
+        raise ValueError(f"the {label} conditioning is empty; connect a Wan2.2 Text Encode or CLIPTextEncode (type wan)")
+    return [conditioning_to_contexts([entry], f"{label} (prompt {i + 1})" if len(conditioning) > 1 else label)
+            for i, entry in enumerate(conditioning)]
+
+
 def conditioning_to_contexts(conditioning: list, label: str) -> list[torch.Tensor]:
     """The text context of each batch item from a CONDITIONING ([[cond [B, L, 4096], {...}], ...]).
 
@@ -115,3 +126,39 @@ def conditioning_to_contexts(conditioning: list, label: str) -> list[torch.Tenso
                         label, cond.shape[1], TEXT_LEN, dropped, TEXT_LEN)
         cond = cond[:, :TEXT_LEN]
     return list(cond.unbind(0))
+
+
+# --- SIGMAS -----------------------------------------------------------------------------------------------
+def sigmas_from_comfy(sigmas: torch.Tensor) -> list[float]:
+    """The values of a core SIGMAS tensor (float32 from core schedulers, float64 from WanMoESchedule), exactly."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1:
+        shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
+        raise ValueError(f"sigmas must be a 1-D SIGMAS tensor (from BasicScheduler, SplitSigmas, Wan2.2 MoE "
+                         f"Schedule ...); got {shape}")
+    return [float(v) for v in sigmas.detach().to("cpu", torch.float64)]
+
+
+def sigmas_to_comfy(values: list[float]) -> torch.Tensor:
+    """A core SIGMAS tensor in float64, so the timesteps truncated from it are the official ones exactly."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# --- noise_mask -------------------------------------------------------------------------------------------
+def noise_mask(latent: dict, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """LATENT["noise_mask"] resized to a [B, C, T, h, w] latent as core comfy.utils.reshape_mask does, or None.
+
+    Core SetLatentNoiseMask stores [N, 1, H, W] pixel masks (read as N frames); Wan2.2 Extend Latent stores one in
+    the latent's own grid. Trilinear resizing, channels and batch repeated.
+    """
+    mask = latent.get("noise_mask")
+    if mask is None:
+        return None
+    mask = mask.detach().to("cpu", torch.float32)
+    if mask.ndim < 5:
+        mask = mask.reshape((1, 1, -1, mask.shape[-2], mask.shape[-1]))
+    mask = torch.nn.functional.interpolate(mask, size=shape[2:], mode="trilinear")
+    if mask.shape[1] < shape[1]:
+        mask = mask.repeat((1, shape[1], 1, 1, 1))[:, :shape[1]]
+    if mask.shape[0] != shape[0]:  # core repeat_to_batch_size: repeat up, or cut down, to the batch
+        mask = mask.repeat((-(-shape[0] // mask.shape[0]), 1, 1, 1, 1))[:shape[0]]
+    return mask

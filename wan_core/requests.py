@@ -2,7 +2,7 @@
 
 A request names files and says how they should run; nothing is read until the engine needs the weights (the
 shared model cache decides whether that means loading, reusing or moving them). The ComfyUI sockets
-WANMOE_MODEL / WANMOE_TEXT_ENCODER / WANMOE_VAE carry these objects between nodes.
+WANMOE_MODEL / WANMOE_TEXT_ENCODER / WANMOE_VAE / WANMOE_WINDOWS carry these objects between nodes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import COMPUTE_OPTIONS, ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPES, choice
+from .config import (COMPUTE_OPTIONS, ENCODER_DTYPES, FUSE_METHODS, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, VAE_STRIDE,
+                     WEIGHT_DTYPES, WINDOW_FRAMES, WINDOW_OVERLAP, choice)
 
 
 @dataclass(frozen=True)
@@ -66,3 +67,44 @@ class VAERequest:
 
     def __post_init__(self) -> None:
         choice("VAE dtype", self.dtype, VAE_DTYPES)
+
+
+def window_problem(frames: int, overlap: int) -> str | None:
+    """Why `frames` / `overlap` (pixel frames) are not valid context-window settings, or None."""
+    step = VAE_STRIDE[0]
+    if frames < step + 1 or (frames - 1) % step:
+        low = max(step + 1, (frames - 1) // step * step + 1)
+        return (f"window_frames must be 4n+1 pixel frames (5, 9, ..., 81), got {frames}; try {low} or {low + step}"
+                if frames > step + 1 else f"window_frames must be at least {step + 1} pixel frames, got {frames}")
+    if overlap < 0 or overlap % step:
+        low = max(0, overlap // step * step)
+        return f"overlap_frames must be a multiple of {step} pixel frames (0, 4, ..., 16), got {overlap}; try {low} or {low + step}"
+    if overlap >= frames:
+        return (f"overlap_frames ({overlap}) must be smaller than window_frames ({frames}): windows that overlap "
+                f"completely never move forward; try {frames // 5 // step * step} (a fifth of the window)")
+    return None
+
+
+@dataclass(frozen=True)
+class ContextWindows:
+    """Sample a long video as overlapping temporal windows: length and overlap in pixel frames, the blend weights."""
+
+    frames: int = WINDOW_FRAMES  # 4n+1
+    overlap: int = WINDOW_OVERLAP  # a multiple of 4
+    fuse: str = "pyramid"
+
+    def __post_init__(self) -> None:
+        problem = window_problem(self.frames, self.overlap)
+        if problem:
+            raise ValueError(problem)
+        choice("fuse", self.fuse, FUSE_METHODS)
+
+    @property
+    def latent_frames(self) -> int:
+        """Window length in latent frames (4n+1 pixel frames -> n+1)."""
+        return (self.frames - 1) // VAE_STRIDE[0] + 1
+
+    @property
+    def latent_overlap(self) -> int:
+        """Overlap in latent frames (4 pixel frames each)."""
+        return self.overlap // VAE_STRIDE[0]

@@ -104,5 +104,5 @@ def test_sampler_node_shows_its_schedule_in_the_canvas(tiny_720p_models, comfy_p
     assert shown == build_schedule(demo.TINY["steps"], 12.0, "unipc", boundary=0.875, cfg_high=4.0, cfg_low=3.0).summary()
     saved = comfy_page.page.evaluate(f"() => window.app.graph.serialize().nodes.find(n => n.id === {sampler_id}).widgets_values")
     shipped = next(n["widgets_values"] for n in ui["nodes"] if n["type"] == "WanMoESampler")
-    assert saved[:3] == [4321, "fixed", demo.TINY["steps"]] and len(saved) == len(shipped) == 9  # 8 inputs + seed control; the box is not saved
+    assert saved[:3] == [4321, "fixed", demo.TINY["steps"]] and len(saved) == len(shipped) == 12  # 11 inputs + seed control; the box is not saved
     assert relevant_console_errors(comfy_page.console_errors) == []

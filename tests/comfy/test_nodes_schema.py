@@ -49,6 +49,34 @@ EXPECTED_INPUTS = {
         ("sampler", "COMBO", {"default": "unipc", "options": ["unipc", "dpm++", "euler"]}),
         ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
     ],
+    "WanMoESchedule": [
+        ("steps", "INT", {"default": 40, "min": 1}),
+        ("shift", "FLOAT", {"default": 12.0}),
+        ("sampler", "COMBO", {"default": "unipc", "options": ["unipc", "dpm++", "euler"]}),
+        ("schedule", "COMBO", {"default": "official", "options": ["official", "unipc_grid", "dpm_grid", "simple", "beta"]}),
+    ],
+    "WanMoEContextWindows": [
+        ("window_frames", "INT", {"default": 81, "min": 5, "step": 4}),
+        ("overlap_frames", "INT", {"default": 16, "min": 0, "step": 4}),
+        ("fuse", "COMBO", {"default": "pyramid", "options": ["pyramid", "linear"]}),
+    ],
+    "WanMoEPromptTravel": [
+        ("text_encoder", "WANMOE_TEXT_ENCODER", {}),
+        ("prompts", "STRING", {"default": "", "multiline": True}),
+        ("negative", "STRING", {"multiline": True}),
+    ],
+    "WanMoEExtendLatent": [
+        ("vae", "WANMOE_VAE", {}),
+        ("images", "IMAGE", {}),
+        ("overlap_frames", "INT", {"default": 17, "min": 1, "step": 4}),
+        ("length", "INT", {"default": 81, "min": 5, "step": 4}),
+    ],
+    "WanMoEExtendJoin": [
+        ("previous", "IMAGE", {}),
+        ("new", "IMAGE", {}),
+        ("overlap_frames", "INT", {"default": 17, "min": 0}),
+        ("color_match", "BOOLEAN", {"default": True}),
+    ],
     "WanMoEVAELoader": [
         ("vae", "COMBO", {"default": "wan_2.1_vae.safetensors"}),
         ("dtype", "COMBO", {"default": "bf16", "options": ["bf16", "fp16", "fp32"]}),
@@ -74,6 +102,11 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
     "WanMoETextEncode": (["CONDITIONING", "CONDITIONING"], ["positive", "negative"]),
     "WanMoEEmptyLatent": (["LATENT"], ["LATENT"]),
     "WanMoESampler": (["LATENT"], ["LATENT"]),
+    "WanMoESchedule": (["SIGMAS"], ["SIGMAS"]),
+    "WanMoEContextWindows": (["WANMOE_WINDOWS"], ["windows"]),
+    "WanMoEPromptTravel": (["CONDITIONING", "CONDITIONING"], ["positive", "negative"]),
+    "WanMoEExtendLatent": (["LATENT"], ["LATENT"]),
+    "WanMoEExtendJoin": (["IMAGE"], ["IMAGE"]),
     "WanMoEVAELoader": (["WANMOE_VAE"], ["vae"]),
     "WanMoEVAEDecode": (["IMAGE"], ["IMAGE"]),
     "WanMoEVAEEncode": (["LATENT"], ["LATENT"]),
@@ -82,7 +115,14 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
 
 # Optional inputs (older API prompts without them still run, with the default).
 EXPECTED_OPTIONAL = {
-    "WanMoESampler": {"step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0})},
+    "WanMoESampler": {
+        "step_cache": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0}),
+        "schedule": ("COMBO", {"default": "official", "options": ["official", "unipc_grid", "dpm_grid", "simple", "beta"]}),
+        "switch": ("COMBO", {"default": "boundary", "options": ["boundary", "step"]}),
+        "switch_step": ("INT", {"default": 20, "min": 0, "max": 200}),
+        "sigmas": ("SIGMAS", {}),
+        "windows": ("WANMOE_WINDOWS", {}),
+    },
     "WanMoEModelLoader": {"compute_dtype": ("COMBO", {"default": "auto", "options": ["auto", "fp32", "bf16", "fp16"]}),
                           "compile": ("BOOLEAN", {"default": False}), "fp8_matmul": ("BOOLEAN", {"default": False})},
 }
@@ -109,7 +149,7 @@ def test_node_inputs_types_and_defaults(info, node_id):
         for option, value in options.items():
             assert spec.get(option) == value, f"{node_id}.{name}: {option} = {spec.get(option)!r}, expected {value!r}"
     optional = node["input"].get("optional", {})
-    assert set(optional) == set(EXPECTED_OPTIONAL.get(node_id, {}))
+    assert node["input_order"].get("optional", []) == list(EXPECTED_OPTIONAL.get(node_id, {}))
     for name, (kind, options) in EXPECTED_OPTIONAL.get(node_id, {}).items():
         assert optional[name][0] == kind
         for option, value in options.items():

@@ -33,11 +33,11 @@ def api_twin(stem: str) -> dict:
 
 
 def expected_video(api: dict) -> tuple[int, int, int, float]:
-    """(frames, width, height, fps) the workflow writes at the demo's tiny size: the latent size, or what a
-    WanMoEUpscale node on the way to CreateVideo makes of it; a WanMoEFrameInterpolate node makes n frames
-    (n - 1) x factor + 1 and gives CreateVideo its fps x factor."""
-    tiny = demo.TINY
-    width, height, frames = tiny["width"], tiny["height"], tiny["length"]
+    """(frames, width, height, fps) the patched (tiny) workflow writes: the latent size, or what a WanMoEUpscale node
+    on the way to CreateVideo makes of it; a WanMoEFrameInterpolate node makes n frames (n - 1) x factor + 1 and gives
+    CreateVideo its fps x factor."""
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    width, height, frames = latent["width"], latent["height"], latent["length"]
     for node in api.values():
         inputs = node["inputs"]
         if node["class_type"] == "WanMoEUpscale":
@@ -82,9 +82,9 @@ def test_build_script_regenerates_every_workflow_byte_for_byte(tmp_path):
 def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server, comfy_client, stem):
     import av
 
-    api = api_twin(stem)
+    api = demo.patch_to_tiny_size(api_twin(stem))
     ensure_tiny_models(comfy_server, workflow_model_files(stem))
-    outputs = comfy_client.run(demo.patch_to_tiny_size(api), timeout=300)
+    outputs = comfy_client.run(api, timeout=300)
     videos = [f for f in output_files(outputs) if f["filename"].endswith(".mp4")]
     assert len(videos) == 1, f"{stem}: outputs {outputs}"
     with av.open(str(comfy_server.output_path(videos[0]))) as container:
@@ -93,6 +93,17 @@ def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server
         fps = float(stream.average_rate)
     frames_expected, width, height, fps_expected = expected_video(api)
     assert (len(frames), frames[0].width, frames[0].height, fps) == (frames_expected, width, height, fps_expected)
+    if any(n["class_type"] == "WanMoEContextWindows" for n in api.values()):  # still windowed at the tiny size
+        (sampler,) = [k for k, n in api.items() if n["class_type"] == "WanMoESampler"]
+        assert outputs[sampler]["text"][0].split("\n")[1].startswith("2 context windows of 3 latent frames"), outputs[sampler]
+
+
+def test_long_workflow_is_161_frames_in_81_frame_windows():
+    api = api_twin("wan22_t2v_a14b_long")
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    (windows,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEContextWindows"]
+    (video,) = [n["inputs"] for n in api.values() if n["class_type"] == "CreateVideo"]
+    assert (latent["length"], windows["window_frames"], windows["overlap_frames"], video["fps"]) == (161, 81, 16, 16.0)
 
 
 @pytest.fixture(scope="module")

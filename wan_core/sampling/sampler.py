@@ -9,6 +9,9 @@ Differences that are choices, not accidents:
     `prepare_noise`), so a seed gives the same video on any machine (official: CUDA generator);
   * cond and uncond may run as one batch of 2 (same result, fewer kernel launches);
   * guidance 1.0 skips the unconditional pass for that expert.
+Beyond the official loop: context windows for videos longer than the model's window (windows.py: every expert
+call per window, velocities blended), prompt lists over those windows, and kept regions (masking.py: ComfyUI's
+noise_mask, how a clip is continued from its last frames).
 Latents are the normalised latents the DiT sees: [B, 16, T, H, W] float32.
 """
 
@@ -21,11 +24,14 @@ import torch
 
 from ..config import BOUNDARY, CFG_BATCH_MODES, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
 from ..dit.sizes import activation_bytes, token_count
-from .experts import ExpertSource
 from ..memory.budget import fits
+from ..requests import ContextWindows
+from .experts import ExpertSource
+from .masking import KeptRegion
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
 from .step_cache import StepCache
+from .windows import Window, WindowPlan, blend, plan_windows
 
 StepCallback = Callable[[int, int, str, torch.Tensor], None]  # (step, timestep, expert, x0 estimate)
 
@@ -42,12 +48,16 @@ def sample_moe(experts: ExpertSource, positive: Sequence[torch.Tensor], negative
                solver: str = "unipc", cfg_high: float = GUIDE_HIGH, cfg_low: float = GUIDE_LOW,
                boundary: float = BOUNDARY, denoise: float = 1.0, sigmas: Sequence[float] | None = None,
                callback: StepCallback | None = None, check_cancel: Callable[[], None] | None = None,
-               cfg_batch: str = "auto", device: torch.device | str = "cpu") -> torch.Tensor:
-    """Build the schedule (see `schedule.build_schedule`) and run it; returns the final latent (fp32, CPU)."""
+               cfg_batch: str = "auto", device: torch.device | str = "cpu", grid: str = "official",
+               switch_step: int | None = None, **run) -> torch.Tensor:
+    """Build the schedule (see `schedule.build_schedule`) and run it; returns the final latent (fp32, CPU).
+
+    `run`: sample_schedule's windows / travel / mask.
+    """
     schedule = build_schedule(steps, shift, solver, boundary=boundary, cfg_high=cfg_high, cfg_low=cfg_low,
-                              denoise=denoise, sigmas=sigmas)
+                              denoise=denoise, sigmas=sigmas, grid=grid, switch_step=switch_step)
     return sample_schedule(experts, schedule, positive, negative, latent=latent, shape=shape, noise=noise, seed=seed,
-                           callback=callback, check_cancel=check_cancel, cfg_batch=cfg_batch, device=device)
+                           callback=callback, check_cancel=check_cancel, cfg_batch=cfg_batch, device=device, **run)
 
 
 @torch.no_grad()
@@ -56,15 +66,20 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     shape: Sequence[int] | None = None, noise: torch.Tensor | None = None, seed: int = 0,
                     callback: StepCallback | None = None, check_cancel: Callable[[], None] | None = None,
                     cfg_batch: str = "auto", device: torch.device | str = "cpu",
-                    step_cache: StepCache | None = None) -> torch.Tensor:
+                    step_cache: StepCache | None = None, windows: ContextWindows | None = None,
+                    travel: Sequence[Sequence[torch.Tensor]] | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run a prepared `Schedule` with the experts of `experts`; returns the final latent (fp32, CPU).
 
     positive / negative: text contexts [L, 4096], one per batch item or one for all (negative may be
     None when both guidance scales are 1). Start: pure `noise` when `schedule.from_noise` (denoise 1,
     the official loop; `latent` then only gives the shape), else sigma0 * noise + (1 - sigma0) * latent.
-    noise: given, or `make_noise(shape, seed)`. `check_cancel()` runs between steps and before every
-    transformer block; whatever it raises propagates. `experts.release()` runs however the run ends.
-    `step_cache`: a StepCache deciding per step whether the experts' blocks run (its counters tell what it skipped).
+    noise: given, or `make_noise(shape, seed)`, always for the whole latent. `check_cancel()` runs between steps,
+    windows and before every transformer block; whatever it raises propagates. `experts.release()` runs however
+    the run ends. `step_cache`: a StepCache deciding per step whether the experts' blocks run (its counters tell what
+    it skipped; not used with windows, see `_denoiser`). windows: sample in overlapping temporal windows
+    (sampling/windows.py); travel: a prompt list (each like `positive`) scheduled over those windows instead of
+    `positive`. mask: keep `latent` where it is 0 (sampling/masking.py).
     """
     if cfg_batch not in CFG_BATCH_MODES:
         raise ValueError(f"cfg_batch must be one of {CFG_BATCH_MODES}, got '{cfg_batch}'")
@@ -75,53 +90,93 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)} but the latent is {shape}")
     batch = shape[0]
-    needs_uncond = any(g != 1.0 for g in schedule.guidance)
-    cond = _contexts(positive, batch, "positive")
-    uncond = _contexts(negative, batch, "negative") if needs_uncond else None
+    prompts = [_contexts(p, batch, "positive") for p in (travel if travel else [positive])]
+    uncond = _contexts(negative, batch, "negative") if any(g != 1.0 for g in schedule.guidance) else None
+    plan = plan_windows(windows, shape[2], len(prompts)) if windows is not None else None
+    if plan is None and len(prompts) > 1:
+        raise ValueError(f"{len(prompts)} prompts need context windows to be spread over; connect context windows, "
+                         "or give one prompt")
+    if mask is not None and latent is None:
+        raise ValueError("a noise mask keeps parts of the input latent, so it needs an input latent")
 
     if schedule.steps == 0:
         if latent is None:
             raise ValueError("denoise keeps no step, so there is nothing to sample without an input latent")
         return latent.detach().to("cpu", torch.float32).clone()
-    if schedule.from_noise:
-        x = noise.to(torch.float32)
-    else:
-        if latent is None:
-            raise ValueError(f"denoise {schedule.denoise:g} < 1 needs an input latent to start from")
-        sigma0 = schedule.sigmas[0]
-        x = sigma0 * noise.to(torch.float32) + (1.0 - sigma0) * latent.detach().to("cpu", torch.float32)
-    x = x.to(device)
-
-    before_block = (lambda _index: check_cancel()) if check_cancel is not None else None
+    x = _start(schedule, noise, latent).to(device)
+    kept = KeptRegion(mask, latent, noise, device) if mask is not None else None
+    velocity_at = _denoiser(prompts, uncond, plan, cfg_batch, device, check_cancel, step_cache)
     solver = make_solver(schedule.solver, schedule.sigmas)
-    batched: dict[str, bool] = {}
     used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
     try:
         for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
             if check_cancel is not None:
                 check_cancel()
+            sigma = schedule.sigmas[i]
+            if kept is not None:
+                x = kept.noised(x, sigma)
             model = experts.expert(name)
             used[id(model)] = model
+            if step_cache is not None and plan is None:
+                step_cache.begin_step(i, name)
             # The official loop feeds the truncated integer timestep (ComfyUI feeds sigma * 1000 untruncated).
             timestep = torch.full((batch,), float(t), dtype=torch.float32, device=device)
-            call = model
-            if step_cache is not None:
-                step_cache.begin_step(i, name)
-                call = partial(step_cache, model)
-            if guidance == 1.0:
-                velocity = call(x, timestep, cond, before_block=before_block).float()
-            else:
-                if name not in batched:
-                    batched[name] = _use_cfg_batch(cfg_batch, model, x, device)
-                velocity = _guided(call, x, timestep, cond, uncond, guidance, batched[name], before_block)
+            velocity = velocity_at(model, name, x, timestep, guidance)
+            if kept is not None:
+                velocity = kept.velocity(velocity, x, sigma)
             if callback is not None:
                 callback(i, t, name, solver.x0(velocity, x, i))
             x = solver.step(velocity, x, i)
+        if kept is not None:
+            x = kept.final(x)
     finally:
         for model in used.values():
             getattr(model, "forget_text", lambda: None)()
         experts.release()
     return x.to("cpu", torch.float32)
+
+
+def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
+    """The first x: pure noise (the official start), or the input latent noised to the first sigma."""
+    if schedule.from_noise:
+        return noise.to(torch.float32)
+    if latent is None:
+        raise ValueError(f"denoise {schedule.denoise:g} < 1 (or sigmas starting below the top) needs an input "
+                         "latent to start from")
+    sigma0 = schedule.sigmas[0]
+    return sigma0 * noise.to(torch.float32) + (1.0 - sigma0) * latent.detach().to("cpu", torch.float32)
+
+
+Denoiser = Callable[[torch.nn.Module, str, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | None, plan: WindowPlan | None,
+              cfg_batch: str, device: torch.device, check_cancel: Callable[[], None] | None,
+              step_cache: StepCache | None) -> Denoiser:
+    """(expert, its name, x, timestep, guidance) -> guided velocity of the whole latent, per window when `plan`.
+
+    The step cache runs only without windows: it keeps a residual per pass, which with windows would be one per
+    window and grow with the video (the run is then as without it).
+    """
+    before_block = (lambda _index: check_cancel()) if check_cancel is not None else None
+    batched: dict[str, bool] = {}
+    cached = step_cache is not None and plan is None
+
+    def velocity_at(model: torch.nn.Module, name: str, x: torch.Tensor, timestep: torch.Tensor,
+                    guidance: float) -> torch.Tensor:
+        call = partial(step_cache, model) if cached else model
+
+        def run(window: Window | None, xs: torch.Tensor) -> torch.Tensor:
+            cond = prompts[window.prompt if window is not None else 0]
+            if guidance == 1.0:
+                return call(xs, timestep, cond, before_block=before_block).float()
+            if name not in batched:  # decided on the first call's (window-sized) latent
+                batched[name] = _use_cfg_batch(cfg_batch, model, xs, device)
+            return _guided(call, xs, timestep, cond, uncond, guidance, batched[name], before_block)
+
+        return run(None, x) if plan is None else blend(plan, x, run, check_cancel)
+
+    return velocity_at
 
 
 def _guided(model: Callable[..., torch.Tensor], x: torch.Tensor, timestep: torch.Tensor, cond: list[torch.Tensor],

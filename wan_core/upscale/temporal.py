@@ -113,3 +113,20 @@ def color_fix(
             break
         fixed = (fixed + err).clamp_(0, 1)
     return fixed.to(out.dtype)
+
+
+def match_color(frames: torch.Tensor, measured: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`frames` [N, H, W, 3] in 0..1 with the colour statistics of `reference` where `measured` shows the same scene.
+
+    Per channel, the affine map that takes `measured`'s mean and standard deviation to `reference`'s (both
+    [M, H, W, 3], the same frames rendered twice, e.g. a clip's overlap and its re-generation) is applied to every
+    frame of `frames`, then clamped to 0..1. For frames with no counterpart (a continuation's new frames), where
+    `color_fix`'s per-frame low-frequency transfer has nothing to copy from.
+    """
+    dims = (0, 1, 2)
+    m, r = measured.float(), reference.float().to(measured.device)
+    mean_m, mean_r = m.mean(dim=dims), r.mean(dim=dims)
+    std_m, std_r = m.std(dim=dims), r.std(dim=dims)
+    scale = torch.where(std_m > 1e-6, std_r / std_m.clamp_min(1e-6), torch.ones_like(std_m))
+    out = (frames.float() - mean_m.to(frames.device)) * scale.to(frames.device) + mean_r.to(frames.device)
+    return out.clamp_(0, 1).to(frames.dtype)

@@ -51,6 +51,16 @@ def test_sampler_output_is_identical_under_every_placement(setup, placement):
     assert loads == ["high", "low"]  # both experts ran
 
 
+def test_windowed_run_is_identical_under_every_placement(setup):
+    from wan_core.requests import ContextWindows
+
+    run = dict(RUN, shape=(1, 16, 6, 8, 8), windows=ContextWindows(13, 4))  # 2 windows of 4 latent frames
+    reference = sample_moe(ResidentExperts(load_dit(setup[0]), load_dit(setup[1])), setup[2], setup[3], **run)
+    for placement in ("resident", "swap", "stream"):
+        cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=4 * GiB))
+        assert torch.equal(sample_moe(experts_for(setup, placement, cache), setup[2], setup[3], **run), reference)
+
+
 def test_sampler_rerun_loads_nothing_and_a_changed_expert_setting_reloads_only_it(setup):
     cache = ModelCache(MemoryBudget(vram_bytes=0, ram_bytes=4 * GiB))
     loads: list = []

@@ -13,6 +13,7 @@ from wan_core.dit.keys import diffusers_to_official
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.sampling.sampler import cfg_batch_bytes, make_noise, sample_moe, sample_schedule
 from wan_core.sampling.schedule import base_grid, build_schedule
+from wan_core.testing.tiny.dit import perturbed_dit
 
 SHAPE = (1, 16, 2, 8, 8)  # 2 latent frames of 8x8 -> 32 tokens
 STEPS, SHIFT = 4, 5.0  # t 999, 937 high-noise; 833, 624 low-noise
@@ -69,16 +70,6 @@ class RecordingExperts:
         self.requests, self.calls, self.first_x = [], [], None
 
 
-def tiny_fast(seed: int) -> WanDiT:
-    """Our tiny DiT with a 64-wide, 32-token text context: 10x cheaper for the loop-behaviour tests."""
-    torch.manual_seed(seed)
-    model = WanDiT(DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=32))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def parity_models() -> dict:
     hi, lo = tiny_diffusers(1), tiny_diffusers(2)
@@ -87,7 +78,7 @@ def parity_models() -> dict:
 
 @pytest.fixture(scope="module")
 def models() -> dict:
-    return {"high": tiny_fast(1), "low": tiny_fast(2)}
+    return {"high": perturbed_dit(1), "low": perturbed_dit(2)}
 
 
 @pytest.fixture()

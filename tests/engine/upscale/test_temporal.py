@@ -94,3 +94,17 @@ def test_colour_fix_matches_low_frequencies_only():
     pooled = lambda x: torch.nn.functional.avg_pool2d(x, 16)  # noqa: E731
     assert (pooled(out) - pooled(ref)).abs().max() < 0.02
     assert (out - ref).abs().mean() > 0.02  # the fine detail is kept, not replaced
+
+
+def test_match_color_maps_the_measured_statistics_onto_the_reference():
+    from wan_core.upscale.temporal import match_color
+
+    clip = moving_texture(6, 16, 16)
+    drifted = (clip * torch.tensor([0.8, 1.1, 0.9]) + torch.tensor([0.08, -0.04, 0.02])).clamp(0, 1)
+    # The drift measured on the first two frames (the overlap) is undone on all frames.
+    fixed = match_color(drifted, drifted[:2], clip[:2])
+    before, after = (drifted - clip).abs().mean().item(), (fixed - clip).abs().mean().item()
+    print(f"mean |error| {before:.4f} -> {after:.4f}")
+    assert after < before / 10  # an exact affine drift, up to the statistics of two frames vs six
+    same = match_color(clip, clip[:2], clip[:2])
+    assert (same - clip).abs().max().item() < 1e-6  # nothing to fix: unchanged up to fp32 rounding

@@ -23,6 +23,20 @@ from ...io.quant import quantize_fp8
 # 128-wide heads like every released Wan model (ComfyUI derives num_heads = dim // 128).
 TINY_DIT_CONFIG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, freq_dim=256)
 
+# A 64-wide, 32-token text context: about 10x cheaper than TINY_DIT_CONFIG, for sampling-loop tests.
+FAST_DIT_CONFIG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=32)
+
+
+def perturbed_dit(seed: int, config: DiTConfig = FAST_DIT_CONFIG) -> WanDiT:
+    """A tiny DiT seeded by `seed`, every weight perturbed (0.05 x randn) so no output is trivially zero."""
+    torch.manual_seed(seed)
+    model = WanDiT(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
 # Linears inside the blocks: what Comfy-Org's fp8_scaled Wan files store as fp8.
 _BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
 _ROLE_SEEDS = {"high": 0, "low": 7919}
