@@ -104,8 +104,12 @@ def sampler_case(impl: str, p: Plan, threshold: float, repeats: int) -> dict:
         for model, sd in zip((high, low), weights):
             model.load_state_dict(sd, strict=True)
         schedule = build_schedule(p.sampler_steps, 12.0, "unipc")
-        run = lambda: sample_schedule(ResidentExperts(high, low), schedule, [positive], [negative], noise=noise,  # noqa: E731
-                                      step_cache=StepCache(threshold, schedule.steps) if threshold else None)
+        caches: list[StepCache] = []
+
+        def run() -> torch.Tensor:
+            caches.append(StepCache(threshold, schedule.steps))
+            return sample_schedule(ResidentExperts(high, low), schedule, [positive], [negative], noise=noise,
+                                   step_cache=caches[-1] if threshold else None)
     else:
         high, low = (_diffusers_dit(config) for _ in range(2))
         for model, sd in zip((high, low), weights):
@@ -125,7 +129,10 @@ def sampler_case(impl: str, p: Plan, threshold: float, repeats: int) -> dict:
                            guidance_scale=GUIDE_HIGH, guidance_scale_2=GUIDE_LOW, latents=noise.clone(),
                            output_type="latent").frames
     del weights
-    return measure(run, repeats)
+    result = measure(run, repeats)
+    if impl == "ours" and threshold:
+        result["skipped"] = len(caches[-1].skipped)
+    return result
 
 
 def vae_case(impl: str, p: Plan, frames: int, tiled: bool, repeats: int) -> dict:
@@ -172,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     name = f"{p.sampler.dim}d x2, {p.sampler_steps} steps, cfg"
     print(row("MoE sampling", name, ours, ref), flush=True)
     cached = isolated(sampler_case, "ours", p, 0.1, 1)
-    print(row("MoE sampling", f"{name}, step cache 0.1", cached, ref), flush=True)
-    print(row("  vs ours", "step cache 0.1 / uncached", cached, ours), flush=True)
+    skipped = f"skips {cached['skipped']}/{p.sampler_steps}"
+    print(row("MoE sampling", f"{name}, cache 0.1 {skipped}", cached, ref), flush=True)
+    print(row("  vs ours", f"step cache 0.1 / uncached, {skipped}", cached, ours), flush=True)
     for tiled in (False, True):
         for frames in p.vae_frames:
             name = f"dim {p.vae_dim}, {frames}x{p.vae_hw[0]}x{p.vae_hw[1]} -> {video_frames(frames)} fr" + \
