@@ -108,6 +108,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     velocity_at = _denoiser(prompts, uncond, plan, cfg_batch, device, check_cancel, step_cache)
     solver = make_solver(schedule.solver, schedule.sigmas)
     used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
+    previous: torch.nn.Module | None = None
     try:
         for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
             if check_cancel is not None:
@@ -116,7 +117,9 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             if kept is not None:
                 x = kept.noised(x, sigma)
             model = experts.expert(name)
-            used[id(model)] = model
+            if used and model is not previous:  # the switch: the last expert's kept text keys/values go now
+                getattr(previous, "forget_text", lambda: None)()
+            used[id(model)], previous = model, model
             if step_cache is not None and plan is None:
                 step_cache.begin_step(i, name)
             # The official loop feeds the truncated integer timestep (ComfyUI feeds sigma * 1000 untruncated).

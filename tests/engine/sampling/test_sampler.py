@@ -346,3 +346,13 @@ def test_prepared_schedule_runs_as_built(experts: RecordingExperts, text) -> Non
         out = sample_schedule(experts, schedule, [text[0]], [text[1]], shape=SHAPE, seed=1)
     assert per_step(experts.calls) == [("high", 1000), ("high", 950), ("high", 875), ("low", 600), ("low", 200)]
     assert torch.isfinite(out).all() and not np.isnan(out.numpy()).any()
+
+
+def test_kept_text_of_the_high_expert_goes_at_the_switch_and_all_of_it_at_the_end(models: dict, experts, text) -> None:
+    # The high-noise expert never runs again after the switch: its kept cross-attention K/V (about 0.84 GB per
+    # expert at A14B size in bf16) must not sit beside the low-noise expert's for the rest of the run.
+    kept = []
+    run(experts, text, callback=lambda i, t, name, x0: kept.append(
+        (name, len(models["high"]._text_cache), len(models["low"]._text_cache))))
+    assert kept == [("high", 1, 0), ("high", 1, 0), ("low", 0, 1), ("low", 0, 1)]  # cond+uncond batched: one entry
+    assert (len(models["high"]._text_cache), len(models["low"]._text_cache)) == (0, 0)
