@@ -1,0 +1,60 @@
+"""A whole tiny MoE run through wan_core.api.sample with gpus=2 and 4 equals gpus=1 (both experts, CFG and cfg 1).
+
+cfg_high 4 runs the high-noise steps as CFG groups, cfg_low 1 runs the low-noise steps with every rank on the
+tokens: both layouts in one run. Tolerance 1e-5 (fp32), as the forward tests, after 4 solver steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from wan_core import api
+from wan_core.parallel.pool import current_pool, release_pool
+
+from parallel_testing import CPU, TINY4, alive, write_tiny_experts
+
+SHAPE = (1, 16, 2, 6, 10)  # 2 x 3 x 5 = 30 tokens: padded on 4 ranks
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    model = write_tiny_experts(tmp_path_factory.mktemp("parallel_sampler"))
+    g = torch.Generator().manual_seed(5)
+    positive, negative = [torch.randn(6, TINY4.text_dim, generator=g)], [torch.randn(4, TINY4.text_dim, generator=g)]
+    schedule = api.schedule_for(steps=4, shift=5.0, solver="unipc", boundary=0.875, denoise=1.0, cfg_high=4.0,
+                                cfg_low=1.0)
+    assert schedule.experts == ("high", "high", "low", "low") and schedule.guidance == (4.0, 4.0, 1.0, 1.0)
+
+    def sample(gpus: int) -> torch.Tensor:
+        return api.sample(dataclasses.replace(model, gpus=gpus), positive=positive, negative=negative,
+                          latent=torch.zeros(SHAPE), seed=11, schedule=schedule, device=CPU)
+
+    yield sample
+    release_pool()
+
+
+@pytest.mark.parametrize("gpus", [2, 4])
+def test_moe_run_on_several_ranks_equals_one(run, gpus, caplog):
+    reference = run(1)
+    with caplog.at_level(logging.INFO, logger="wan_core.api"):
+        out = run(gpus)
+    assert f"WanMoE multi-GPU: {gpus} ranks, per call batch 1: 1 CFG group(s) x Ulysses {gpus}, batch 2: 2 CFG " \
+           f"group(s) x Ulysses {gpus // 2}" in caplog.text
+    assert current_pool() is not None and current_pool().world == gpus
+    assert float((out - reference).abs().max()) < TOLERANCE
+    assert float(reference.abs().max()) > 0.5
+
+
+def test_a_second_prompt_reuses_the_workers_and_unload_models_stops_them(run):
+    run(2)
+    pids = current_pool().pids
+    run(2)
+    assert current_pool().pids == pids and all(alive(pid) for pid in pids)
+    api.release_all()
+    assert current_pool() is None
+    assert not any(alive(pid) for pid in pids)
