@@ -7,7 +7,6 @@ Every pool these tests start goes through `wan_core.parallel.pool.get_pool` (one
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,36 +18,25 @@ if str(REPO_ROOT) not in sys.path:
 
 from wan_core.dit.model import DiTConfig  # noqa: E402
 from wan_core.parallel.pool import WorkerPool, get_pool, release_pool  # noqa: E402
+from wan_core.requests import ModelRequest  # noqa: E402
 from wan_core.testing.tiny.dit import random_state_dict, write_official_folder  # noqa: E402
 
 # 4 heads of 32 channels: Ulysses over 2 or 4 ranks, CFG groups of 2 x 2; text_dim 64 keeps contexts small.
 TINY4 = DiTConfig(dim=128, ffn_dim=256, num_heads=4, num_layers=3, text_dim=64, freq_dim=32, text_len=16)
 CPU = torch.device("cpu")
-WORKER_EXPERTS = "wan_core.api:experts_for"
+WORKER_EXPERTS = "wan_core.sampling.multi_gpu:cached_experts"
+REQUEST_DEFAULTS = dict(weight_dtype="auto", placement="auto", attention="sdpa", boundary=0.875)
 
 
-@dataclass(frozen=True)
-class Model:
-    """What the sampler's model request carries: the expert files and how to run them."""
-
-    high_noise_path: str
-    low_noise_path: str
-    weight_dtype: str = "auto"
-    placement: str = "auto"
-    attention: str = "sdpa"
-    boundary: float = 0.875
-    gpus: int = 1
-
-
-def write_tiny_experts(folder: Path, config: DiTConfig = TINY4) -> Model:
-    """Official-layout expert folders (config.json names the 4 heads) with different random weights."""
+def write_tiny_experts(folder: Path, config: DiTConfig = TINY4, **settings: object) -> ModelRequest:
+    """Official-layout expert folders (config.json names the 4 heads) with different random weights, as a request."""
     high = write_official_folder(folder / "high_noise_model", random_state_dict(config, seed=21), config)
     low = write_official_folder(folder / "low_noise_model", random_state_dict(config, seed=22), config)
-    return Model(str(high), str(low))
+    return ModelRequest(str(high), str(low), **{**REQUEST_DEFAULTS, **settings})
 
 
-def expert_kwargs(model: Model) -> dict:
-    """The keyword arguments workers pass to wan_core.api.experts_for."""
+def expert_kwargs(model: ModelRequest) -> dict:
+    """The keyword arguments every rank passes to wan_core.sampling.multi_gpu.cached_experts."""
     return dict(high_path=model.high_noise_path, low_path=model.low_noise_path, weight_dtype=model.weight_dtype,
                 placement=model.placement, attention=model.attention, tokens=0, batch=1)
 
@@ -60,6 +48,21 @@ def inputs(frames: int, height: int, width: int, batch: int = 1, seed: int = 0) 
     t = torch.full((batch,), 907.0)
     contexts = [torch.randn(5 + 3 * i, TINY4.text_dim, generator=g) for i in range(batch)]
     return x, t, contexts
+
+
+def conditioning(context: torch.Tensor) -> list:
+    """A core CONDITIONING of one text context [L, D]."""
+    return [[context[None], {}]]
+
+
+def sample(model: ModelRequest, schedule, positive: torch.Tensor, negative: torch.Tensor, latent: torch.Tensor,
+           seed: int) -> torch.Tensor:
+    """wan_core.api.sample on the CPU from plain tensors; the sampled latent in the DiT's (normalised) units."""
+    from wan_core import api, interop
+
+    out = api.sample(model, schedule, positive=conditioning(positive), negative=conditioning(negative),
+                     latent={"samples": latent}, seed=seed, device=CPU)
+    return interop.latent_from_comfy(out)
 
 
 def alive(pid: int) -> bool:

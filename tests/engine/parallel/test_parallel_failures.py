@@ -17,11 +17,12 @@ import torch
 
 from wan_core import api
 from wan_core.parallel.experts import ParallelExperts
+from wan_core.sampling.multi_gpu import cached_experts
 from wan_core.parallel.pool import WorkerFailed, current_pool
 
 from cache_testing import Cancelled
-from parallel_testing import (CPU, TINY4, WORKER_EXPERTS, expert_kwargs, fresh_pools, inputs, pool_on,  # noqa: F401
-                              alive, write_tiny_experts)
+from parallel_testing import (CPU, TINY4, WORKER_EXPERTS, alive, expert_kwargs, fresh_pools, inputs,  # noqa: F401
+                              pool_on, sample, write_tiny_experts)
 
 LATENT = (2, 6, 10)  # 30 tokens
 
@@ -32,7 +33,7 @@ def model(tmp_path_factory):
 
 
 def source_on(pool, model, factory: str = WORKER_EXPERTS) -> ParallelExperts:
-    return ParallelExperts(pool, api.experts_for(device=CPU, **expert_kwargs(model)), factory, expert_kwargs(model))
+    return ParallelExperts(pool, cached_experts(device=CPU, **expert_kwargs(model)), factory, expert_kwargs(model))
 
 
 def at_block(block: int, action):
@@ -105,17 +106,16 @@ def test_a_worker_error_is_reported_with_its_message(fresh_pools, model):
 
 def test_a_group_that_cannot_start_falls_back_to_one_device(fresh_pools, model, monkeypatch, caplog):
     g = torch.Generator().manual_seed(5)
-    positive, negative = [torch.randn(6, TINY4.text_dim, generator=g)], [torch.randn(4, TINY4.text_dim, generator=g)]
-    schedule = api.schedule_for(steps=2, shift=5.0, solver="euler", boundary=0.875, denoise=1.0, cfg_high=4.0,
-                                cfg_low=3.0)
+    positive, negative = torch.randn(6, TINY4.text_dim, generator=g), torch.randn(4, TINY4.text_dim, generator=g)
+    schedule = api.plan_sampling(model, steps=2, shift=5.0, solver="euler", denoise=1.0, cfg_high=4.0, cfg_low=3.0)
 
-    def sample(gpus: int) -> torch.Tensor:
-        return api.sample(dataclasses.replace(model, gpus=gpus), positive=positive, negative=negative,
-                          latent=torch.zeros(1, 16, *LATENT), seed=3, schedule=schedule, device=CPU)
+    def run(gpus: int) -> torch.Tensor:
+        return sample(dataclasses.replace(model, gpus=gpus), schedule, positive, negative,
+                      torch.zeros(1, 16, *LATENT), seed=3)
 
     monkeypatch.setenv("WANMOE_PARALLEL_STARTUP_TIMEOUT", "0.01")  # no worker says hello that fast
-    with caplog.at_level(logging.WARNING, logger="wan_core.api"):
-        out = sample(2)
+    with caplog.at_level(logging.WARNING, logger="wan_core.sampling.multi_gpu"):
+        out = run(2)
     assert "WanMoE multi-GPU: could not start 2 ranks" in caplog.text and "sampling on one device instead" in caplog.text
     assert current_pool() is None
-    assert torch.equal(out, sample(1))
+    assert torch.equal(out, run(1))

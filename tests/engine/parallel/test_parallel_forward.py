@@ -1,6 +1,6 @@
 """The DiT forward on 2 and 4 gloo ranks equals the single-process forward (sequence parallel, padding, CFG parallel).
 
-Rank 0 is this test process; the workers load the same expert files through wan_core.api.experts_for. Tolerance
+Rank 0 is this test process; every rank loads the same expert files through sampling.multi_gpu.cached_experts. Tolerance
 1e-5 (fp32): the token-sliced matmuls and per-head-group attention sum in another order than the full ones.
 """
 
@@ -11,6 +11,7 @@ import torch
 
 from wan_core import api
 from wan_core.parallel.experts import ParallelExperts
+from wan_core.sampling.multi_gpu import cached_experts
 from wan_core.parallel.plan import Layout
 from wan_core.parallel.pool import release_pool
 
@@ -27,7 +28,7 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module", params=[2, 4], ids=["2ranks", "4ranks"])
 def experts(request, model):
     pool = pool_on(request.param)
-    local = api.experts_for(device=CPU, **expert_kwargs(model))
+    local = cached_experts(device=CPU, **expert_kwargs(model))
     source = ParallelExperts(pool, local, WORKER_EXPERTS, expert_kwargs(model))
     yield source
     source.release()

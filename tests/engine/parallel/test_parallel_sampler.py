@@ -15,7 +15,7 @@ import torch
 from wan_core import api
 from wan_core.parallel.pool import current_pool, release_pool
 
-from parallel_testing import CPU, TINY4, alive, write_tiny_experts
+from parallel_testing import TINY4, alive, sample, write_tiny_experts
 
 SHAPE = (1, 16, 2, 6, 10)  # 2 x 3 x 5 = 30 tokens: padded on 4 ranks
 TOLERANCE = 1e-5
@@ -25,23 +25,21 @@ TOLERANCE = 1e-5
 def run(tmp_path_factory):
     model = write_tiny_experts(tmp_path_factory.mktemp("parallel_sampler"))
     g = torch.Generator().manual_seed(5)
-    positive, negative = [torch.randn(6, TINY4.text_dim, generator=g)], [torch.randn(4, TINY4.text_dim, generator=g)]
-    schedule = api.schedule_for(steps=4, shift=5.0, solver="unipc", boundary=0.875, denoise=1.0, cfg_high=4.0,
-                                cfg_low=1.0)
+    positive, negative = torch.randn(6, TINY4.text_dim, generator=g), torch.randn(4, TINY4.text_dim, generator=g)
+    schedule = api.plan_sampling(model, steps=4, shift=5.0, solver="unipc", denoise=1.0, cfg_high=4.0, cfg_low=1.0)
     assert schedule.experts == ("high", "high", "low", "low") and schedule.guidance == (4.0, 4.0, 1.0, 1.0)
 
-    def sample(gpus: int) -> torch.Tensor:
-        return api.sample(dataclasses.replace(model, gpus=gpus), positive=positive, negative=negative,
-                          latent=torch.zeros(SHAPE), seed=11, schedule=schedule, device=CPU)
+    def run_on(gpus: int) -> torch.Tensor:
+        return sample(dataclasses.replace(model, gpus=gpus), schedule, positive, negative, torch.zeros(SHAPE), seed=11)
 
-    yield sample
+    yield run_on
     release_pool()
 
 
 @pytest.mark.parametrize("gpus", [2, 4])
 def test_moe_run_on_several_ranks_equals_one(run, gpus, caplog):
     reference = run(1)
-    with caplog.at_level(logging.INFO, logger="wan_core.api"):
+    with caplog.at_level(logging.INFO, logger="wan_core.sampling.multi_gpu"):
         out = run(gpus)
     assert f"WanMoE multi-GPU: {gpus} ranks, per call batch 1: 1 CFG group(s) x Ulysses {gpus}, batch 2: 2 CFG " \
            f"group(s) x Ulysses {gpus // 2}" in caplog.text
@@ -55,6 +53,6 @@ def test_a_second_prompt_reuses_the_workers_and_unload_models_stops_them(run):
     pids = current_pool().pids
     run(2)
     assert current_pool().pids == pids and all(alive(pid) for pid in pids)
-    api.release_all()
+    api.release_models()
     assert current_pool() is None
     assert not any(alive(pid) for pid in pids)

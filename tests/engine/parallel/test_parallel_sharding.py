@@ -17,14 +17,14 @@ from wan_core.parallel.experts import ParallelExperts
 from wan_core.parallel.pool import release_pool
 from wan_core.parallel.sharding import local_bytes, shard_blocks, sharded_experts
 
-from parallel_testing import CPU, TINY4, expert_kwargs, inputs, pool_on, write_tiny_experts
+from parallel_testing import CPU, TINY4, expert_kwargs, inputs, pool_on, sample, write_tiny_experts
 
 SHARDED = "wan_core.parallel.sharding:sharded_experts"
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return dataclasses.replace(write_tiny_experts(tmp_path_factory.mktemp("parallel_sharding")), placement="shard")
+    return write_tiny_experts(tmp_path_factory.mktemp("parallel_sharding"), placement="shard", gpus=2)
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2ranks", "4ranks"])
@@ -49,24 +49,20 @@ def test_sharded_forward_equals_the_whole_expert_and_holds_a_share_of_each_block
 
 def test_a_sharded_moe_run_equals_one_device(world, model):
     g = torch.Generator().manual_seed(5)
-    positive, negative = [torch.randn(6, TINY4.text_dim, generator=g)], [torch.randn(4, TINY4.text_dim, generator=g)]
-    schedule = api.schedule_for(steps=3, shift=5.0, solver="unipc", boundary=0.875, denoise=1.0, cfg_high=4.0,
-                                cfg_low=3.0)
+    positive, negative = torch.randn(6, TINY4.text_dim, generator=g), torch.randn(4, TINY4.text_dim, generator=g)
+    schedule = api.plan_sampling(model, steps=3, shift=5.0, solver="unipc", denoise=1.0, cfg_high=4.0, cfg_low=3.0)
 
-    def sample(**changes) -> torch.Tensor:
-        return api.sample(dataclasses.replace(model, **changes), positive=positive, negative=negative,
-                          latent=torch.zeros(1, 16, 2, 6, 10), seed=2, schedule=schedule, device=CPU)
+    def run(**changes) -> torch.Tensor:
+        return sample(dataclasses.replace(model, **changes), schedule, positive, negative, torch.zeros(1, 16, 2, 6, 10),
+                      seed=2)
 
-    reference = sample(gpus=1, placement="auto")
-    assert float((sample(gpus=world) - reference).abs().max()) < 1e-5
+    reference = run(gpus=1, placement="auto")
+    assert float((run(gpus=world) - reference).abs().max()) < 1e-5
 
 
 def test_shard_needs_several_gpus(model):
-    schedule = api.schedule_for(steps=1, shift=5.0, solver="euler", boundary=0.875, denoise=1.0, cfg_high=1.0,
-                                cfg_low=1.0)
     with pytest.raises(ValueError, match="placement 'shard' splits the experts' weights over several GPUs; set gpus to 2"):
-        api.sample(dataclasses.replace(model, gpus=1), positive=[torch.zeros(3, TINY4.text_dim)], negative=None,
-                   latent=torch.zeros(1, 16, 1, 4, 4), seed=0, schedule=schedule, device=CPU)
+        dataclasses.replace(model, gpus=1)
 
 
 def test_fp8_weights_are_not_sharded(model):
