@@ -253,8 +253,12 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
 
 
 def default_gpus() -> int:
-    """GPUs per run when the model loader does not say: WANMOE_GPUS, else 1."""
-    return parallel_plan.default_gpus()
+    """GPUs per run when the model loader does not say: WANMOE_GPUS, else 1 (an invalid value is reported, not fatal)."""
+    try:
+        return parallel_plan.default_gpus()
+    except ValueError as exc:
+        log.warning("%s; using 1 GPU", exc)
+        return 1
 
 
 # --- VAE --------------------------------------------------------------------------------------------------
