@@ -12,8 +12,9 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from harness.client import PromptFailed, PromptInterrupted, output_files
-from nodes_testing import log_mark, log_since, node_id_of, status_messages, t2v_prompt, wait_for_log, write_tiny_set
+from harness.client import PromptFailed, output_files
+from nodes_testing import (interrupt_midway, log_mark, log_since, node_id_of, run_seconds, t2v_prompt, wait_for_log,
+                           write_tiny_set)
 
 from parallel_testing import alive
 
@@ -73,22 +74,13 @@ def test_cancel_stops_both_ranks_within_one_block_and_the_next_prompt_runs(names
                                                          timeout=300))
     timed_id = comfy_client.queue(prompt_for(names, gpus=2, seed=6, prefix="timed"))
     comfy_client.wait(timed_id, timeout=300)
-    timed = status_messages(comfy_client.history(timed_id))
-    run_seconds = (timed["execution_success"]["timestamp"] - timed["execution_start"]["timestamp"]) / 1000.0
-    block_seconds = run_seconds / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
+    run_s = run_seconds(comfy_client.history(timed_id))
+    block_seconds = run_s / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
 
     mark = log_mark(comfy_server)
-    cancelled_id = comfy_client.queue(prompt_for(names, gpus=2, seed=7, prefix="cancelled"))
-    while comfy_client.queue_state()["running"] == 0 and comfy_client.history(cancelled_id) is None:
-        time.sleep(0.02)
-    time.sleep(0.4 * run_seconds)
-    interrupted_at = time.time()
-    comfy_client.interrupt(cancelled_id)
-    with pytest.raises(PromptInterrupted):
-        comfy_client.wait(cancelled_id, timeout=120)
-    stopped = status_messages(comfy_client.history(cancelled_id))["execution_interrupted"]
+    stopped, latency = interrupt_midway(comfy_client, prompt_for(names, gpus=2, seed=7, prefix="cancelled"),
+                                        0.4 * run_s)
     assert stopped["node_type"] == "WanMoESampler"
-    latency = stopped["timestamp"] / 1000.0 - interrupted_at
     assert latency < 2 * block_seconds + REQUEST_SLACK, f"{latency:.3f} s to stop; a block takes {block_seconds:.3f} s"
     blocks = wait_for_log(comfy_server, mark, STOPPED, timeout=30)
     assert blocks.group(1) == blocks.group(2)  # the worker left the call before the same block as rank 0
@@ -104,13 +96,12 @@ def test_a_killed_worker_fails_the_prompt_clearly_and_the_next_prompt_runs(names
     pid = worker_pid(comfy_server, mark)
     timed_id = comfy_client.queue(prompt_for(names, gpus=2, seed=9, prefix="timed_kill"))
     comfy_client.wait(timed_id, timeout=300)
-    timed = status_messages(comfy_client.history(timed_id))
-    run_seconds = (timed["execution_success"]["timestamp"] - timed["execution_start"]["timestamp"]) / 1000.0
+    run_s = run_seconds(comfy_client.history(timed_id))
 
     mark = log_mark(comfy_server)
     doomed = comfy_client.queue(prompt_for(names, gpus=2, seed=10, prefix="killed"))
     wait_for_log(comfy_server, mark, SAMPLING, timeout=60)  # the sampler has started its steps
-    time.sleep(0.3 * run_seconds)
+    time.sleep(0.3 * run_s)
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(PromptFailed) as failed:
         comfy_client.wait(doomed, timeout=120)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_core import api
 from wan_core.parallel.experts import ParallelExperts
 from wan_core.sampling.multi_gpu import cached_experts
 from wan_core.parallel.plan import Layout
