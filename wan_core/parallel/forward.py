@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..dit.model import Tokens, WanDiT
+from ..dit.model import ForwardState, WanDiT
 from .plan import Layout
 from .ulysses import sequence_parallel_attention
 
@@ -25,7 +25,7 @@ def token_share(length: int, size: int) -> int:
     return -(-length // size)
 
 
-def slice_tokens(tokens: Tokens, rank: int, size: int) -> Tokens:
+def slice_tokens(tokens: ForwardState, rank: int, size: int) -> ForwardState:
     """The `rank`-th of `size` contiguous token shares (zero tokens and identity rotations pad the last one)."""
     length = tokens.x.shape[1]
     share = token_share(length, size)
