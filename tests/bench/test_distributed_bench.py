@@ -16,7 +16,7 @@ ROW = re.compile(r"^ 480p +16 tok (cfg>1 \(batch 2\)|cfg 1 \(batch 1\)): 1 rank 
 def test_tiny_distributed_benchmark_prints_both_layouts():
     done = subprocess.run([sys.executable, "-m", "bench.distributed", "--tiny", "--ranks", "2", "--device", "cpu",
                            "--repeats", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     rows = [m.groups() for m in map(ROW.match, done.stdout.splitlines()) if m]
     assert [(r[0], r[3], r[4]) for r in rows] == [("cfg>1 (batch 2)", "2", "1"), ("cfg 1 (batch 1)", "1", "2")], done.stdout
     for _, one, many, _, _, speedup, diff in rows:

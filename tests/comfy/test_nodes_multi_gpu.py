@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from harness.client import PromptFailed, output_files
+from harness.comfy_server import ComfyServer
 from nodes_testing import (interrupt_midway, log_mark, log_since, node_id_of, run_seconds, t2v_prompt, wait_for_log,
                            write_tiny_set)
 
@@ -24,7 +25,7 @@ LAYERS = 8  # blocks per expert, so that a kill or a Cancel lands inside a step
 RUN = {"width": 256, "height": 256, "length": 13, "steps": 3}  # 1024 tokens per latent
 STARTED = re.compile(r"WanMoE multi-GPU: 2 ranks on cpu, cpu \(gloo\); worker pids (\d+)")
 STOPPED = re.compile(r"WanMoE multi-GPU: cancelled; every rank stopped before block rank 0: (\d+) / rank 1: (\d+)")
-SAMPLING = re.compile(r"sampling \(1, 16, 4, 32, 32\) with")  # api.sample, before the first step
+ACTIVE = re.compile(r"WanMoE multi-GPU: expert high ready on 2 ranks")  # the first call follows at once
 RELEASED_WORKERS = re.compile(r"WanMoE multi-GPU: (\d+) worker\(s\) stopped")
 REQUEST_SLACK = 0.1  # s: the /interrupt request and ComfyUI writing the interrupted status, on a busy machine
 
@@ -32,6 +33,15 @@ REQUEST_SLACK = 0.1  # s: the /interrupt request and ComfyUI writing the interru
 @pytest.fixture(scope="module")
 def names(comfy_server) -> dict[str, str]:
     return write_tiny_set(comfy_server, "multigpu", dit_layers=LAYERS)
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    server = ComfyServer()
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
 
 
 def prompt_for(names, *, gpus: int, seed: int, prefix: str, latent_only: bool = True, cfg_low: float = 1.0) -> dict:
@@ -78,8 +88,9 @@ def test_cancel_stops_both_ranks_within_one_block_and_the_next_prompt_runs(names
     block_seconds = run_s / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
 
     mark = log_mark(comfy_server)
+    # From the moment the high-noise expert is active on both ranks, 3 blocks into its first call.
     stopped, latency = interrupt_midway(comfy_client, prompt_for(names, gpus=2, seed=7, prefix="cancelled"),
-                                        0.4 * run_s)
+                                        3 * block_seconds, started=lambda: wait_for_log(comfy_server, mark, ACTIVE))
     assert stopped["node_type"] == "WanMoESampler"
     assert latency < 2 * block_seconds + REQUEST_SLACK, f"{latency:.3f} s to stop; a block takes {block_seconds:.3f} s"
     blocks = wait_for_log(comfy_server, mark, STOPPED, timeout=30)
@@ -89,19 +100,21 @@ def test_cancel_stops_both_ranks_within_one_block_and_the_next_prompt_runs(names
     assert bool((after == reference).all())
 
 
-def test_a_killed_worker_fails_the_prompt_clearly_and_the_next_prompt_runs(names, comfy_server, comfy_client):
-    comfy_client.free(unload_models=True, free_memory=False)  # start from no workers: this test's own group
+def test_a_killed_worker_fails_the_prompt_clearly_and_the_next_prompt_runs(own_server):
+    # A server of its own: the failure's traceback in ComfyUI's log must not reach the session server's log checks.
+    comfy_server, comfy_client = own_server, own_server.client
+    names = write_tiny_set(comfy_server, "multigpu_kill", dit_layers=LAYERS)
     mark = log_mark(comfy_server)
     comfy_client.run(prompt_for(names, gpus=2, seed=8, prefix="warm"), timeout=300)  # starts and loads
     pid = worker_pid(comfy_server, mark)
     timed_id = comfy_client.queue(prompt_for(names, gpus=2, seed=9, prefix="timed_kill"))
     comfy_client.wait(timed_id, timeout=300)
-    run_s = run_seconds(comfy_client.history(timed_id))
+    block_seconds = run_seconds(comfy_client.history(timed_id)) / (RUN["steps"] * LAYERS)
 
     mark = log_mark(comfy_server)
     doomed = comfy_client.queue(prompt_for(names, gpus=2, seed=10, prefix="killed"))
-    wait_for_log(comfy_server, mark, SAMPLING, timeout=60)  # the sampler has started its steps
-    time.sleep(0.3 * run_s)
+    wait_for_log(comfy_server, mark, ACTIVE, timeout=60)
+    time.sleep(3 * block_seconds)  # inside the first call's blocks
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(PromptFailed) as failed:
         comfy_client.wait(doomed, timeout=120)

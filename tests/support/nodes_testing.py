@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import time
+from typing import Callable
 
 from harness.comfy_server import REPO_ROOT
 
@@ -165,12 +166,14 @@ def run_seconds(entry: dict) -> float:
     return (messages["execution_success"]["timestamp"] - messages["execution_start"]["timestamp"]) / 1000.0
 
 
-def interrupt_midway(client, prompt: dict, after: float) -> tuple[dict, float]:
-    """Queue `prompt`, interrupt it `after` seconds once it runs; (its execution_interrupted message, seconds from
-    the interrupt request to the prompt's end as ComfyUI recorded it)."""
+def interrupt_midway(client, prompt: dict, after: float, started: Callable[[], object] | None = None) -> tuple[dict, float]:
+    """Queue `prompt`, interrupt it `after` seconds once it runs (or once `started()` returns); (its
+    execution_interrupted message, seconds from the interrupt request to the prompt's end as ComfyUI recorded it)."""
     from harness.client import PromptInterrupted
 
     prompt_id = client.queue(prompt)
+    if started is not None:
+        started()
     while client.queue_state()["running"] == 0 and client.history(prompt_id) is None:
         time.sleep(0.02)
     time.sleep(after)

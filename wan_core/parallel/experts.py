@@ -9,6 +9,7 @@ and the workers' liveness); a call is `WorkerPool.forward`.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -16,6 +17,8 @@ import torch
 import torch.nn as nn
 
 from .pool import WorkerPool
+
+log = logging.getLogger("wan_core.parallel.experts")
 
 
 class ParallelExpert:
@@ -56,6 +59,7 @@ class ParallelExperts:
         module = self.local.expert(name)
         self.pool.wait("ready", seq, deadline=time.monotonic() + self.pool.startup_timeout,
                        check_cancel=self.check_cancel)
+        log.info("WanMoE multi-GPU: expert %s ready on %d ranks", name, self.pool.world)
         self._active, self._expert = name, ParallelExpert(self.pool, name, module)
         return self._expert
 

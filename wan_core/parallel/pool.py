@@ -296,8 +296,13 @@ def get_pool(devices: list[torch.device]) -> WorkerPool:
     devices = [torch.device(d) for d in devices]
     with _lock:
         if _pool is not None and not _pool.closed and _pool.devices == devices:
-            return _pool
-        if _pool is not None:
+            dead = [(r, p) for r, p in enumerate(_pool.processes, start=1) if p.exitcode is not None]
+            if not dead:
+                return _pool
+            log.warning("WanMoE multi-GPU: %s while idle; starting new workers", "; ".join(
+                f"rank {r} (pid {p.pid}) {_exit_text(p.exitcode)}" for r, p in dead))
+            _pool.close(broken=True)
+        elif _pool is not None:
             _pool.close()
         pool = WorkerPool(devices)
         try:

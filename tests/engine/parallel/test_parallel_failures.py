@@ -94,6 +94,17 @@ def test_a_hung_worker_times_out_and_is_stopped(fresh_pools, model, monkeypatch)
     assert not alive(pid)  # SIGKILL ends a stopped process too
 
 
+def test_a_worker_that_died_while_idle_is_replaced_at_the_next_use(fresh_pools, model, caplog):
+    pool = pool_on(2)
+    (pid,) = pool.pids
+    os.kill(pid, signal.SIGKILL)
+    pool.processes[0].join(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="wan_core.parallel.pool"):
+        again = pool_on(2)
+    assert f"rank 1 (pid {pid}) killed by SIGKILL while idle; starting new workers" in caplog.text
+    assert again is not pool and again.pids != [pid] and all(alive(p) for p in again.pids)
+
+
 def test_a_worker_error_is_reported_with_its_message(fresh_pools, model):
     pool = pool_on(2)
     (pid,) = pool.pids
