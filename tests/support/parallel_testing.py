@@ -1,7 +1,7 @@
 """Helpers of the multi-process tests: tiny experts with 4 heads (Ulysses over 2 or 4 ranks), a model request, inputs.
 
 Every pool these tests start goes through `wan_core.parallel.pool.get_pool` (one process group per process), and
-`pool_on(world)` releases it afterwards, so no worker outlives a test module.
+each test module releases it at its end, so no worker outlives a test module.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +16,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from wan_core.dit.model import DiTConfig  # noqa: E402
-from wan_core.parallel.pool import WorkerPool, get_pool, release_pool  # noqa: E402
+from wan_core.parallel.pool import WorkerPool, get_pool  # noqa: E402
 from wan_core.requests import ModelRequest  # noqa: E402
 from wan_core.testing.tiny.dit import random_state_dict, write_official_folder  # noqa: E402
 
@@ -62,7 +61,7 @@ def sample(model: ModelRequest, schedule, positive: torch.Tensor, negative: torc
 
     out = api.sample(model, schedule, positive=conditioning(positive), negative=conditioning(negative),
                      latent={"samples": latent}, seed=seed, device=CPU)
-    return interop.latent_from_comfy(out)
+    return interop.latent_from_comfy(out.latent)
 
 
 def alive(pid: int) -> bool:
@@ -77,12 +76,3 @@ def alive(pid: int) -> bool:
 def pool_on(world: int) -> WorkerPool:
     """The (shared) pool of `world` CPU ranks."""
     return get_pool([CPU] * world)
-
-
-@pytest.fixture
-def fresh_pools():
-    """Release any running pool before and after a test that starts its own."""
-    release_pool()
-    yield
-    release_pool()
-

@@ -349,6 +349,11 @@ class WanDiT(nn.Module):
             self._text_cache[key] = entry
         return entry.text, entry.kv
 
+    @property
+    def kept_texts(self) -> int:
+        """How many text inputs' embeddings (and keys/values) are kept now."""
+        return len(self._text_cache)
+
     def forget_text(self) -> None:
         """Drop the kept text embeddings and cross-attention keys/values (end of a run, or changed weights)."""
         self._text_cache.clear()

@@ -33,6 +33,11 @@ class ParallelExpert:
                  before_block: Callable[[int], None] | None = None) -> torch.Tensor:
         return self.pool.forward(self.name, self.module, x, t, context, before_block)
 
+    def forget_text(self) -> None:
+        """End of a run (the sampler calls it): every rank drops the run's text embeddings and keys/values."""
+        self.module.forget_text()
+        self.pool.forget_text()
+
 
 class ParallelExperts:
     """ExpertSource: rank 0's `local` source plus the same source built by every worker."""

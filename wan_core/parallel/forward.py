@@ -44,6 +44,8 @@ def sharded_forward(model: WanDiT, x: torch.Tensor, t: torch.Tensor, context: to
     """This rank's share of the head output: [B, share, out·pt·ph·pw] float32 (see `assemble`)."""
     tokens = model.embed(x, t, context)
     mine = slice_tokens(tokens, rank, size)
+    if getattr(model, "weights_sharded", False):  # a block's weights exist only inside its forward (FSDP2): its
+        mine.kv = None  # text keys/values are projected there at each call, not kept for the run
     with sequence_parallel_attention(model.blocks, size, group, length=tokens.x.shape[1]):
         y = model.run_blocks(mine, before_block)
     return model.head(y, tokens.e).float()

@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 from ..dit.model import WanDiT
 from . import spawn_entry
-from .call import BlockSync, CallMeta, rank0_inputs, run_call
+from .call import BlockSync, CallMeta, RunTexts, rank0_inputs, run_call
 from .group import join, leave, make_store
 from .plan import plan_layout
 from .sharding import forget as forget_shards
@@ -98,7 +98,9 @@ class WorkerPool:
         self.closed = False
         self._seq = 0
         self.last_layout = None  # the layout of the latest call
+        self.last_call: CallMeta | None = None  # ... and what was sent for it
         self.last_stop: dict[int, int] = {}  # rank -> block before which the latest cancelled call stopped
+        self.texts = RunTexts()  # rank 0's text contexts of the current run
 
     @property
     def pids(self) -> list[int]:
@@ -170,20 +172,28 @@ class WorkerPool:
                 ) -> torch.Tensor:
         """One DiT call on all ranks (rank 0's `model` is its copy of `expert`): the velocity, as WanDiT.forward."""
         self.check_open()
-        inputs = rank0_inputs(model, x, t, context)
+        text_id, send_text = self.texts.lookup(context)
+        inputs = rank0_inputs(model, x, t, context, send_text)
         layout = plan_layout(self.world, x.shape[0], model.config.num_heads)
-        meta = CallMeta(expert, tuple(x.shape), tuple(inputs[2].shape[1:]), layout.cfg, layout.ulysses)
+        meta = CallMeta(expert, tuple(x.shape), (model.config.text_len, model.config.text_dim), layout.cfg,
+                        layout.ulysses, text_id, send_text)
         seq = self.next_seq()
         self.send({"kind": "forward", "seq": seq, "meta": meta.to_message()})
-        self.last_layout = layout
+        self.last_layout, self.last_call = layout, meta
         sync = BlockSync(self.groups.device, before_block)
         try:
-            return run_call(model, meta, self.groups, sync, inputs)
+            return run_call(model, meta, self.groups, sync, self.texts, inputs)
         except BaseException as exc:
             if sync.stopped:  # every rank left at the same block: the group is in step
                 self._confirm_stop(seq, sync.block)
                 raise
             raise self.fail("a DiT forward", exc) from exc
+
+    def forget_text(self) -> None:
+        """End of a run: every rank drops its text contexts and its experts' text embeddings and keys/values."""
+        self.texts.clear()
+        if not self.closed:
+            self.send({"kind": "forget_text", "seq": self.next_seq()})
 
     def _confirm_stop(self, seq: int, block: int) -> None:
         """After a coordinated Cancel: each worker's report of the block it stopped before (`last_stop`)."""
@@ -250,10 +260,16 @@ class WorkerPool:
         """Peak memory bytes per rank (CUDA allocator peak, or peak RSS on the CPU), rank 0 included."""
         from .worker import peak_bytes
 
+        return {0: peak_bytes(self.devices[0]), **{r: m["peak_bytes"] for r, m in self._worker_stats().items()}}
+
+    def worker_texts(self) -> dict[int, tuple[int, int]]:
+        """Per worker rank: (text contexts it holds for the run, text inputs its experts keep embedded)."""
+        return {r: (m["texts"], m["kept_texts"]) for r, m in self._worker_stats().items()}
+
+    def _worker_stats(self) -> dict[int, dict]:
         seq = self.next_seq()
         self.send({"kind": "stats", "seq": seq})
-        got = self.wait("stats", seq, deadline=time.monotonic() + self.timeout)
-        return {0: peak_bytes(self.devices[0]), **{r: m["peak_bytes"] for r, m in got.items()}}
+        return self.wait("stats", seq, deadline=time.monotonic() + self.timeout)
 
     def close(self, broken: bool = False) -> None:
         """Stop the workers (a stop command, then SIGTERM/SIGKILL), leave the group; safe to call twice."""

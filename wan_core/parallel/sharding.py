@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..config import COMPUTE_DTYPES
 from ..dit.loader import load_dit
 from ..io.checkpoint import file_identity
 
@@ -52,6 +53,7 @@ def shard_blocks(model: nn.Module, device: torch.device) -> nn.Module:
     for name, child in model.named_children():
         if name != "blocks":
             child.to(device)
+    model.weights_sharded = True
     return model
 
 
@@ -84,10 +86,13 @@ class ShardedExperts:
 
 
 def sharded_experts(high_path: str, low_path: str, *, weight_dtype: str, attention: str, device: torch.device,
-                    **_: object) -> ShardedExperts:
+                    compute: str = "auto", **_: object) -> ShardedExperts:
     """Both expert files as sharded experts (read on the CPU by dit.loader, then split block by block)."""
     device = torch.device(device)
-    compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if compute != "auto":
+        compute = COMPUTE_DTYPES[compute]
+    else:
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
     loaders = {name: partial(load_dit, path, device="cpu", weight_dtype=weight_dtype, compute_dtype=compute,
                              attention=attention) for name, path in (("high", high_path), ("low", low_path))}
     key = (file_identity(high_path), file_identity(low_path), weight_dtype, str(compute))

@@ -24,7 +24,7 @@ import traceback
 
 import torch
 
-from .call import BlockSync, CallCancelled, CallMeta, run_call
+from .call import BlockSync, CallCancelled, CallMeta, RunTexts, run_call
 from .group import Groups, join, leave
 
 log = logging.getLogger("wan_core.parallel.worker")
@@ -90,6 +90,8 @@ class Worker:
     def __init__(self, groups: Groups, commands: "queue.Queue", replies: "queue.Queue", parent_pid: int) -> None:
         self.groups, self.commands, self.replies, self.parent_pid = groups, commands, replies, parent_pid
         self.source = None
+        self.texts = RunTexts()  # this rank's text contexts of the current run
+        self.used: dict[int, object] = {}  # experts that ran in the current run (their text caches end with it)
 
     def reply(self, kind: str, seq: int, **payload: object) -> None:
         self.replies.put({"kind": kind, "rank": self.groups.rank, "seq": seq, **payload})
@@ -109,23 +111,35 @@ class Worker:
                 self.reply("ready", seq)
             elif kind == "forward":
                 self._forward(CallMeta.from_message(message["meta"]), seq)
+            elif kind == "forget_text":
+                self._forget_text()
             elif kind == "release":
                 self._release()
             elif kind == "stats":
-                self.reply("stats", seq, peak_bytes=peak_bytes(self.groups.device))
+                self.reply("stats", seq, peak_bytes=peak_bytes(self.groups.device), texts=len(self.texts.parts),
+                           kept_texts=sum(getattr(m, "kept_texts", 0) for m in self.used.values()))
             elif kind == "reset_stats" and self.groups.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.groups.device)
 
     def _forward(self, meta: CallMeta, seq: int) -> None:
         model = self.source.expert(meta.expert)
+        self.used[id(model)] = model
         try:
             with torch.no_grad():
-                run_call(model, meta, self.groups, BlockSync(self.groups.device))
+                run_call(model, meta, self.groups, BlockSync(self.groups.device), self.texts)
         except CallCancelled as stop:
             log.info("call cancelled by rank 0 before block %d", stop.block)
             self.reply("cancelled", seq, block=stop.block)
 
+    def _forget_text(self) -> None:
+        """The run ended: drop its contexts, and every expert that ran drops its text embeddings and keys/values."""
+        self.texts.clear()
+        for model in self.used.values():
+            getattr(model, "forget_text", lambda: None)()
+        self.used.clear()
+
     def _release(self) -> None:
+        self._forget_text()
         if self.source is not None:
             source, self.source = self.source, None
             source.release()

@@ -32,9 +32,12 @@ WORKER_EXPERTS = {False: "wan_core.sampling.multi_gpu:cached_experts",
 
 
 def cached_experts(*, high_path: str, low_path: str, weight_dtype: str, placement: str, attention: str,
-                   device: torch.device, tokens: int = 0, batch: int = 1) -> CachedExperts:
+                   device: torch.device, tokens: int = 0, batch: int = 1, compute: str = "auto",
+                   compile: bool = False, fp8_matmul: bool = False) -> CachedExperts:
     """Both experts as a cache-backed ExpertSource on `device`, with room kept for `tokens` x `batch` activations."""
-    specs = [dit_expert_spec(path, device=device, weight_dtype=weight_dtype, attention=attention)
+    specs = [dit_expert_spec(path, device=device, weight_dtype=weight_dtype, attention=attention,
+                             compute_dtype=None if compute == "auto" else compute, compile=compile,
+                             fp8_matmul=fp8_matmul)
              for path in (high_path, low_path)]
     working = activation_bytes(inspect_dit(high_path).config, tokens, batch) if tokens else 0
     return CachedExperts(*specs, device=device, placement=placement, working_bytes=working)
@@ -64,7 +67,9 @@ def parallel_experts(settings: dict, *, gpus: int, device: torch.device, tokens:
     except Exception as exc:  # spawn, rendezvous or a worker's own start failed: one device still gives a video
         log.warning("WanMoE multi-GPU: could not start %d ranks (%s); sampling on one device instead", gpus, exc)
         return None
-    kwargs = dict(settings, tokens=rank_tokens, batch=rank_batch)
+    if settings.get("compile"):  # the Ulysses kernel is swapped in per call: compiled blocks would recompile
+        log.warning("WanMoE multi-GPU: compile is not applied on several GPUs; the blocks run eagerly")
+    kwargs = dict(settings, tokens=rank_tokens, batch=rank_batch, compile=False)
     local = (sharded_experts if sharded else cached_experts)(device=device, **kwargs)
     log.info("WanMoE multi-GPU: %d ranks, per call %s", gpus,
              ", ".join(f"batch {n}: {lay.cfg} CFG group(s) x Ulysses {lay.ulysses}" for lay, n in zip(layouts, batches)))

@@ -18,13 +18,21 @@ import torch
 from wan_core import api
 from wan_core.parallel.experts import ParallelExperts
 from wan_core.sampling.multi_gpu import cached_experts
-from wan_core.parallel.pool import WorkerFailed, current_pool
+from wan_core.parallel.pool import WorkerFailed, current_pool, release_pool
 
 from cache_testing import Cancelled
-from parallel_testing import (CPU, TINY4, WORKER_EXPERTS, alive, expert_kwargs, fresh_pools, inputs,  # noqa: F401
-                              pool_on, sample, write_tiny_experts)
+from parallel_testing import (CPU, TINY4, WORKER_EXPERTS, alive, expert_kwargs, inputs, pool_on, sample,
+                              write_tiny_experts)
 
 LATENT = (2, 6, 10)  # 30 tokens
+
+
+@pytest.fixture
+def fresh_pools():
+    """Release any running pool before and after a test that starts its own."""
+    release_pool()
+    yield
+    release_pool()
 
 
 @pytest.fixture(scope="module")

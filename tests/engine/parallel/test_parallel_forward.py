@@ -63,3 +63,36 @@ def test_cfg_parallel_equals_sequential_cfg(experts):
     v_cond, v_uncond = expert.module(x, t[:1], [cond]), expert.module(x, t[:1], [uncond])
     assert max_diff(guided, v_uncond + 3.0 * (v_cond - v_uncond)) < TOLERANCE
     assert max_diff(both[:1], v_cond) < TOLERANCE and max_diff(both[1:], v_uncond) < TOLERANCE
+
+
+@torch.no_grad()
+def test_text_is_sent_once_per_run_and_kept_per_rank_until_forget_text(experts):
+    expert = experts.expert("high")
+    expert.forget_text()  # other tests' calls on this shared pool
+    pool, world = experts.pool, experts.pool.world
+    x, t, contexts = inputs(1, 6, 10, batch=1)
+    expert(x, t, contexts)
+    assert pool.last_call.send_text
+    x2 = torch.randn_like(x)
+    out = expert(x2, t, contexts)  # the next step: same contexts, new latent
+    assert not pool.last_call.send_text  # every rank embeds from its kept part and reuses its keys/values
+    assert pool.worker_texts() == {rank: (1, 1) for rank in range(1, world)}
+    assert expert.module.kept_texts == 1
+    assert max_diff(out, expert.module(x2, t, contexts)) < TOLERANCE
+    expert.forget_text()
+    assert pool.worker_texts() == {rank: (0, 0) for rank in range(1, world)}
+    assert expert.module.kept_texts == 0
+
+
+@torch.no_grad()
+def test_cfg_groups_keep_their_own_text_part(experts):
+    expert = experts.expert("low")
+    expert.forget_text()
+    x, t, (cond, uncond) = inputs(1, 6, 10, batch=2, seed=3)
+    x, t = x[:1], t[:1]
+    expert(torch.cat([x, x]), torch.cat([t, t]), [cond, uncond])
+    both = expert(torch.cat([x, x]) * 0.5, torch.cat([t, t]), [cond, uncond])  # a new list, the same tensors
+    assert not experts.pool.last_call.send_text
+    v_cond, v_uncond = expert.module(x * 0.5, t, [cond]), expert.module(x * 0.5, t, [uncond])
+    assert max_diff(both[:1], v_cond) < TOLERANCE and max_diff(both[1:], v_uncond) < TOLERANCE
+    expert.forget_text()

@@ -12,10 +12,10 @@ import logging
 import pytest
 import torch
 
-from wan_core import api
+from wan_core import api, interop
 from wan_core.parallel.pool import current_pool, release_pool
 
-from parallel_testing import TINY4, alive, sample, write_tiny_experts
+from parallel_testing import CPU, TINY4, alive, conditioning, sample, write_tiny_experts
 
 SHAPE = (1, 16, 2, 6, 10)  # 2 x 3 x 5 = 30 tokens: padded on 4 ranks
 TOLERANCE = 1e-5
@@ -32,6 +32,7 @@ def run(tmp_path_factory):
     def run_on(gpus: int) -> torch.Tensor:
         return sample(dataclasses.replace(model, gpus=gpus), schedule, positive, negative, torch.zeros(SHAPE), seed=11)
 
+    run_on.request, run_on.schedule, run_on.texts = model, schedule, (positive, negative)
     yield run_on
     release_pool()
 
@@ -48,6 +49,12 @@ def test_moe_run_on_several_ranks_equals_one(run, gpus, caplog):
     assert float(reference.abs().max()) > 0.5
 
 
+def test_a_run_leaves_no_text_kept_on_any_rank(run):
+    run(2)
+    assert current_pool().worker_texts() == {1: (0, 0)}  # the sampler's forget_text reached the worker
+    assert current_pool().texts.parts == {}
+
+
 def test_a_second_prompt_reuses_the_workers_and_unload_models_stops_them(run):
     run(2)
     pids = current_pool().pids
@@ -56,3 +63,12 @@ def test_a_second_prompt_reuses_the_workers_and_unload_models_stops_them(run):
     api.release_models()
     assert current_pool() is None
     assert not any(alive(pid) for pid in pids)
+
+
+def test_step_cache_is_not_applied_on_several_ranks_and_the_summary_says_so(run):
+    positive, negative = run.texts
+    out = api.sample(dataclasses.replace(run.request, gpus=2), run.schedule, positive=conditioning(positive),
+                     negative=conditioning(negative), latent={"samples": torch.zeros(SHAPE)}, seed=11, device=CPU,
+                     step_cache=0.3)
+    assert "step cache 0.3 off: not applied with gpus > 1" in out.summary.splitlines()
+    assert float((interop.latent_from_comfy(out.latent) - run(1)).abs().max()) < TOLERANCE
