@@ -1,4 +1,6 @@
-"""A whole tiny MoE run through wan_core.api.sample with gpus=2 and 4 equals gpus=1 (both experts, CFG and cfg 1).
+"""A whole tiny MoE run through wan_core.api.sample with gpus=2 equals gpus=1 (both experts, CFG and cfg 1).
+
+4 ranks are covered by the forward tests (test_parallel_forward.py); a whole run on 4 processes is 45 s on 2 cores.
 
 cfg_high 4 runs the high-noise steps as CFG groups, cfg_low 1 runs the low-noise steps with every rank on the
 tokens: both layouts in one run. Tolerance 1e-5 (fp32), as the forward tests, after 4 solver steps.
@@ -17,7 +19,7 @@ from wan_core.parallel.pool import current_pool, release_pool
 
 from parallel_testing import CPU, TINY4, alive, conditioning, sample, write_tiny_experts
 
-SHAPE = (1, 16, 2, 6, 10)  # 2 x 3 x 5 = 30 tokens: padded on 4 ranks
+SHAPE = (1, 16, 3, 6, 10)  # 3 x 3 x 5 = 45 tokens: padded at the cfg-1 steps (Ulysses over 2)
 TOLERANCE = 1e-5
 
 
@@ -37,8 +39,8 @@ def run(tmp_path_factory):
     release_pool()
 
 
-@pytest.mark.parametrize("gpus", [2, 4])
-def test_moe_run_on_several_ranks_equals_one(run, gpus, caplog):
+def test_moe_run_on_two_ranks_equals_one(run, caplog):
+    gpus = 2
     reference = run(1)
     with caplog.at_level(logging.INFO, logger="wan_core.sampling.multi_gpu"):
         out = run(gpus)
