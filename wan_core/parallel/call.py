@@ -56,8 +56,8 @@ class CallMeta:
 
     @classmethod
     def from_message(cls, message: dict) -> "CallMeta":
-        return cls(message["expert"], tuple(message["shape"]), tuple(message["text"]), message["cfg"], message["ulysses"],
-                   message["text_id"], message["send_text"])
+        return cls(message["expert"], tuple(message["shape"]), tuple(message["text"]), message["cfg"],
+                   message["ulysses"], message["text_id"], message["send_text"])
 
 
 TEXT_ENTRIES = 4  # as WanDiT's text cache: cond, uncond, and both as one batch

@@ -34,9 +34,9 @@ class ParallelExpert:
         return self.pool.forward(self.name, self.module, x, t, context, before_block)
 
     def forget_text(self) -> None:
-        """End of a run (the sampler calls it): every rank drops the run's text embeddings and keys/values."""
+        """This expert is done for the run (the sampler calls it): every rank drops its text embeddings and K/V."""
         self.module.forget_text()
-        self.pool.forget_text()
+        self.pool.forget_text(self.name)
 
 
 class ParallelExperts:

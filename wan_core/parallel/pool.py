@@ -189,11 +189,12 @@ class WorkerPool:
                 raise
             raise self.fail("a DiT forward", exc) from exc
 
-    def forget_text(self) -> None:
-        """End of a run: every rank drops its text contexts and its experts' text embeddings and keys/values."""
+    def forget_text(self, expert: str) -> None:
+        """`expert` is done for this run (the switch, or the run's end): every rank drops its text contexts (sent again
+        if the run goes on) and that expert's text embeddings and keys/values."""
         self.texts.clear()
         if not self.closed:
-            self.send({"kind": "forget_text", "seq": self.next_seq()})
+            self.send({"kind": "forget_text", "seq": self.next_seq(), "expert": expert})
 
     def _confirm_stop(self, seq: int, block: int) -> None:
         """After a coordinated Cancel: each worker's report of the block it stopped before (`last_stop`)."""
@@ -262,8 +263,8 @@ class WorkerPool:
 
         return {0: peak_bytes(self.devices[0]), **{r: m["peak_bytes"] for r, m in self._worker_stats().items()}}
 
-    def worker_texts(self) -> dict[int, tuple[int, int]]:
-        """Per worker rank: (text contexts it holds for the run, text inputs its experts keep embedded)."""
+    def worker_texts(self) -> dict[int, tuple[int, dict[str, int]]]:
+        """Per worker rank: (text contexts it holds for the run, {expert: text inputs it keeps embedded})."""
         return {r: (m["texts"], m["kept_texts"]) for r, m in self._worker_stats().items()}
 
     def _worker_stats(self) -> dict[int, dict]:

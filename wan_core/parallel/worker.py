@@ -91,7 +91,7 @@ class Worker:
         self.groups, self.commands, self.replies, self.parent_pid = groups, commands, replies, parent_pid
         self.source = None
         self.texts = RunTexts()  # this rank's text contexts of the current run
-        self.used: dict[int, object] = {}  # experts that ran in the current run (their text caches end with it)
+        self.used: dict[str, object] = {}  # expert name -> the expert, for those that ran in the current run
 
     def reply(self, kind: str, seq: int, **payload: object) -> None:
         self.replies.put({"kind": kind, "rank": self.groups.rank, "seq": seq, **payload})
@@ -112,18 +112,18 @@ class Worker:
             elif kind == "forward":
                 self._forward(CallMeta.from_message(message["meta"]), seq)
             elif kind == "forget_text":
-                self._forget_text()
+                self._forget_text(message.get("expert"))
             elif kind == "release":
                 self._release()
             elif kind == "stats":
                 self.reply("stats", seq, peak_bytes=peak_bytes(self.groups.device), texts=len(self.texts.parts),
-                           kept_texts=sum(getattr(m, "kept_texts", 0) for m in self.used.values()))
+                           kept_texts={name: m.kept_texts for name, m in self.used.items()})
             elif kind == "reset_stats" and self.groups.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.groups.device)
 
     def _forward(self, meta: CallMeta, seq: int) -> None:
         model = self.source.expert(meta.expert)
-        self.used[id(model)] = model
+        self.used[meta.expert] = model
         try:
             with torch.no_grad():
                 run_call(model, meta, self.groups, BlockSync(self.groups.device), self.texts)
@@ -131,12 +131,13 @@ class Worker:
             log.info("call cancelled by rank 0 before block %d", stop.block)
             self.reply("cancelled", seq, block=stop.block)
 
-    def _forget_text(self) -> None:
-        """The run ended: drop its contexts, and every expert that ran drops its text embeddings and keys/values."""
+    def _forget_text(self, expert: str | None = None) -> None:
+        """Drop the run's contexts and `expert`'s text embeddings and K/V (None: every expert's, the run ended)."""
         self.texts.clear()
-        for model in self.used.values():
-            getattr(model, "forget_text", lambda: None)()
-        self.used.clear()
+        for name in [expert] if expert is not None else list(self.used):
+            model = self.used.pop(name, None)
+            if model is not None:
+                model.forget_text()
 
     def _release(self) -> None:
         self._forget_text()

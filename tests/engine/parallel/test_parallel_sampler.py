@@ -53,7 +53,7 @@ def test_moe_run_on_two_ranks_equals_one(run, caplog):
 
 def test_a_run_leaves_no_text_kept_on_any_rank(run):
     run(2)
-    assert current_pool().worker_texts() == {1: (0, 0)}  # the sampler's forget_text reached the worker
+    assert current_pool().worker_texts() == {1: (0, {})}  # the sampler's forget_text reached the worker
     assert current_pool().texts.parts == {}
 
 
