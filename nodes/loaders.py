@@ -5,8 +5,8 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..wan_core import api
-from ..wan_core.config import (BOUNDARY, COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES,
-                               WEIGHT_DTYPE_OPTIONS)
+from ..wan_core.config import (BOUNDARY, COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
+                               TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPE_OPTIONS)
 
 from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
 from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
@@ -42,10 +42,12 @@ class WanMoEModelLoader(io.ComfyNode):
                                tooltip="Precision the weights are kept in. auto keeps each file's stored precision "
                                        "(scaled fp8, GGUF and nvfp4/mxfp8/int8 stay packed and are dequantised layer by layer); "
                                        "fp8 halves memory and is computed in bf16/fp16 layer by layer."),
-                io.Combo.Input("placement", options=list(PLACEMENTS), default="auto",
+                io.Combo.Input("placement", options=list(MODEL_PLACEMENTS), default="auto",
                                tooltip="Where the experts live. auto picks from free VRAM/RAM: resident (both on the GPU), "
                                        "swap (one on the GPU at a time, swapped at the boundary step), stream (transformer "
-                                       "blocks streamed to the GPU one by one, for GPUs that cannot hold one expert)."),
+                                       "blocks streamed to the GPU one by one, for GPUs that cannot hold one expert). "
+                                       "shard (gpus 2+): every GPU holds 1/gpus of each block, for GPUs that cannot hold "
+                                       "a whole expert; with auto each GPU holds its own copy."),
                 io.Combo.Input("attention", options=api.available_attention(), default="sdpa",
                                tooltip="Attention kernel. sdpa is PyTorch's scaled_dot_product_attention, which picks "
                                        "flash / memory-efficient kernels on a GPU."),
@@ -62,6 +64,11 @@ class WanMoEModelLoader(io.ComfyNode):
                                  tooltip="Multiply fp8 (e4m3) weights in fp8 on GPUs that have fp8 tensor cores (RTX 40xx, "
                                          "H100, B200) instead of upcasting them: faster, with the input quantised to fp8 "
                                          "(a small measured difference). Other GPUs fall back with a warning."),
+                io.Int.Input("gpus", default=api.default_gpus(), min=1, max=MAX_GPUS, optional=True,
+                             tooltip="GPUs of this machine every sampling step uses (1, 2, 4, 5 or 8 for A14B's 40 heads). "
+                                     "At cfg > 1 cond and uncond run on two halves of them, and each half splits the video "
+                                     "tokens (Ulysses); worker processes start on the first run and stay for the next. "
+                                     "Default: WANMOE_GPUS, else 1. See docs/multi-gpu.md."),
             ],
             outputs=[WanMoEModelType.Output(display_name="model")],
         )
@@ -78,13 +85,14 @@ class WanMoEModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
                 boundary: float, compute_dtype: str = "auto", compile: bool = False,
-                fp8_matmul: bool = False) -> io.NodeOutput:
+                fp8_matmul: bool = False, gpus: int | None = None) -> io.NodeOutput:
         request = api.ModelRequest(
             high_noise_path=full_path("diffusion_models", high_noise_model),
             low_noise_path=full_path("diffusion_models", low_noise_model),
             weight_dtype=weight_dtype, placement=placement, attention=attention, boundary=boundary,
             high_noise_name=high_noise_model, low_noise_name=low_noise_model, compute=compute_dtype, compile=compile,
             fp8_matmul=fp8_matmul,
+            gpus=gpus if gpus is not None else api.default_gpus(),
         )
         return io.NodeOutput(request)
 

@@ -172,8 +172,8 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
                                           "placement": placement, "attention": "sdpa", "boundary": 0.875,
-                                          "compute_dtype": "auto", "compile": False, "fp8_matmul": False},
-                 pos=(40, 80), size=(380, 200), models=(high, low))
+                                          "compute_dtype": "auto", "compile": False, "fp8_matmul": False, "gpus": 1},
+                 pos=(40, 80), size=(380, 226), models=(high, low))
     encoder = Node(2, "WanMoETextEncoderLoader", {"text_encoder": t5, "device": t5_device, "dtype": "auto"},
                    pos=(40, 320), size=(380, 110), models=(t5,))
     text = Node(3, "WanMoETextEncode", {"text_encoder": (encoder, 0), "positive": PROMPT, "negative": NEGATIVE_PROMPT},

@@ -22,12 +22,15 @@ from . import interop
 from .config import COMPUTE_DTYPES, NEGATIVE_PROMPT, SWITCH_MODES, TILING, VAE_STRIDE, choice
 from .dit.attention import available_attention
 from .dit.loader import inspect_dit
-from .dit.sizes import activation_bytes, token_count
+from .dit.sizes import token_count
 from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
-from .sampling.placement import CachedExperts, dit_expert_spec
+from .parallel import plan as parallel_plan
+from .parallel.experts import ParallelExperts
+from .parallel.pool import release_pool
+from .sampling.multi_gpu import SHARD, cached_experts, parallel_experts
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
 from .sampling.step_cache import StepCache
@@ -42,7 +45,7 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode",
+    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode", "default_gpus",
     "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
     "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for",
     "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale",
@@ -180,15 +183,21 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
 
 
-def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
-    """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
-    compute = None if model.compute == "auto" else model.compute
-    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
-                             compute_dtype=compute, compile=model.compile, fp8_matmul=model.fp8_matmul)
-             for path in (model.high_noise_path, model.low_noise_path)]
-    config = inspect_dit(model.high_noise_path).config
-    working = activation_bytes(config, token_count(config, latent), batch)
-    return CachedExperts(*specs, device=device, placement=model.placement, working_bytes=working)
+def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], schedule: Schedule,
+             check_cancel: Callable[[], None] | None):
+    """The two experts as the sampler's ExpertSource: on `model.gpus` ranks (parallel), else placed on `device`
+    by the request's policy (auto/resident/swap/stream)."""
+    settings = dict(high_path=model.high_noise_path, low_path=model.low_noise_path, weight_dtype=model.weight_dtype,
+                    placement=model.placement, attention=model.attention, compute=model.compute,
+                    compile=model.compile, fp8_matmul=model.fp8_matmul)
+    tokens, batch = token_count(inspect_dit(model.high_noise_path).config, latent), latent[0]
+    if model.gpus > 1 or model.placement == SHARD:
+        experts = parallel_experts(settings, gpus=model.gpus, device=device, tokens=tokens, batch=batch,
+                                   schedule=schedule, check_cancel=check_cancel)
+        if experts is not None:
+            return experts
+        settings["placement"] = "auto" if model.placement == SHARD else model.placement  # one device after all
+    return cached_experts(**settings, device=device, tokens=tokens, batch=2 * batch)
 
 
 @dataclass(frozen=True)
@@ -207,6 +216,8 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     `step_cache`: the step-caching threshold (0 = off; see sampling/step_cache.py). windows: sample in overlapping
     temporal windows (checked before any model loads); then a positive CONDITIONING of several entries is a prompt
     list spread over them. A LATENT noise_mask keeps the input latent where it is 0 (a continued clip's frames).
+    `model.gpus` > 1 runs every DiT call on that many processes (wan_core.parallel), or on one device with a
+    warning when the worker group cannot start.
     """
     start = interop.latent_from_comfy(latent)
     cache = StepCache(step_cache, schedule.steps)
@@ -221,18 +232,33 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
             log.warning("WanMoESampler: the step cache is off with context windows (it would keep a residual per "
                         "window, growing with the video)")
             lines.append("step cache: off with context windows")
-    experts = _experts(model, device=device, latent=shape, batch=2 * start.shape[0])
+    experts = _experts(model, device=device, latent=shape, schedule=schedule, check_cancel=check_cancel)
+    parallel = isinstance(experts, ParallelExperts)
+    if parallel and step_cache > 0:  # the workers run the blocks at every step
+        log.warning("WanMoE: step cache %g is not applied on several GPUs; every step runs in full", step_cache)
+        cache = StepCache(0.0, schedule.steps)
+        lines.append(f"step cache {step_cache:g} off: not applied with gpus > 1")
     log.info("sampling %s with %s", tuple(start.shape), experts.plan)
     try:
         result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
                                  interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
                                  callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
-                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)))
+                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)),
+                                 cfg_batch="on" if parallel else "auto")
     finally:
         log.info("%s", get_cache().status())
     if cache.enabled and windows is None:
         lines.append(cache.summary(schedule.steps))
     return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))
+
+
+def default_gpus() -> int:
+    """GPUs per run when the model loader does not say: WANMOE_GPUS, else 1 (an invalid value is reported, not fatal)."""
+    try:
+        return parallel_plan.default_gpus()
+    except ValueError as exc:
+        log.warning("%s; using 1 GPU", exc)
+        return 1
 
 
 # --- VAE --------------------------------------------------------------------------------------------------
@@ -340,8 +366,10 @@ def upscale(images: torch.Tensor, upscale_model=None, *, device: torch.device, o
 
 # --- memory cooperation with the host ---------------------------------------------------------------------
 def release_models() -> int:
-    """Drop every cached model not in use (the host's "Unload models"); returns bytes freed."""
-    return get_cache().release_all()
+    """"Unload models": every cache entry not in use, and the multi-GPU workers with the experts they hold."""
+    freed = get_cache().release_all()
+    release_pool()
+    return freed
 
 
 def free_device_memory(bytes_needed: int, device: torch.device) -> int:

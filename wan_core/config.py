@@ -50,6 +50,9 @@ COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.b
 PLACEMENTS = ("auto", "resident", "swap", "stream")
 # DiT matmul precision: auto = bf16 on a GPU, fp32 on the CPU (bf16 on the CPU: faster matmuls, a measured difference).
 COMPUTE_OPTIONS = ("auto", "fp32", "bf16", "fp16")
+# What the model loader offers: the cache's policies, and "shard" (each block split over the GPUs of a multi-GPU run).
+MODEL_PLACEMENTS = (*PLACEMENTS, "shard")
+MAX_GPUS = 8  # GPUs of one machine a run can use (wan_core.parallel)
 SOLVERS = ("unipc", "dpm++", "euler")
 # Sigma grids (sampling/schedule.py): "official" is the solver's own (unipc -> unipc_grid, dpm++ / euler -> dpm_grid);
 # simple / beta are ComfyUI's schedulers of those names on a discrete-flow model with the run's shift.

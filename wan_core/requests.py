@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import (COMPUTE_OPTIONS, ENCODER_DTYPES, FUSE_METHODS, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES, VAE_STRIDE,
-                     WEIGHT_DTYPES, WINDOW_FRAMES, WINDOW_OVERLAP, choice)
+from .config import (COMPUTE_OPTIONS, ENCODER_DTYPES, FUSE_METHODS, MAX_GPUS, MODEL_PLACEMENTS, TEXT_DEVICES,
+                     VAE_DTYPES, VAE_STRIDE, WEIGHT_DTYPES, WINDOW_FRAMES, WINDOW_OVERLAP, choice)
 
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary."""
+    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary, GPUs."""
 
     high_noise_path: str
     low_noise_path: str
@@ -29,11 +29,17 @@ class ModelRequest:
     compute: str = "auto"  # the DiT's matmul dtype (see config.COMPUTE_OPTIONS)
     compile: bool = False  # torch.compile of the transformer blocks
     fp8_matmul: bool = False  # e4m3 weights multiplied in fp8 (torch._scaled_mm) instead of dequantised
+    gpus: int = 1  # processes (GPUs) every DiT call runs on (wan_core.parallel)
 
     def __post_init__(self) -> None:
         choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))
         choice("compute dtype", self.compute, COMPUTE_OPTIONS)
-        choice("placement", self.placement, PLACEMENTS)
+        choice("placement", self.placement, MODEL_PLACEMENTS)
+        if not (isinstance(self.gpus, int) and 1 <= self.gpus <= MAX_GPUS):
+            raise ValueError(f"gpus must be a whole number from 1 to {MAX_GPUS}; got {self.gpus!r}")
+        if self.placement == "shard" and self.gpus < 2:
+            raise ValueError("placement 'shard' splits the experts' weights over several GPUs; set gpus to 2 or more "
+                             "(or choose placement auto)")
         if not (isinstance(self.boundary, (int, float)) and math.isfinite(self.boundary) and 0.0 <= self.boundary <= 1.0):
             raise ValueError(f"boundary must be a number between 0 and 1 (a fraction of 1000 timesteps); got {self.boundary!r}")
 

@@ -3,13 +3,11 @@ it was interrupted, and the next prompt runs normally and gives the uninterrupte
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from safetensors.torch import load_file
 
-from harness.client import PromptInterrupted, output_files
-from nodes_testing import node_id_of, status_messages, t2v_prompt, write_tiny_set
+from harness.client import output_files
+from nodes_testing import interrupt_midway, node_id_of, run_seconds, status_messages, t2v_prompt, write_tiny_set
 
 pytestmark = pytest.mark.comfy
 
@@ -29,10 +27,6 @@ def latent_of(comfy_server, outputs: dict):
     return load_file(str(comfy_server.output_path(entry)))["latent_tensor"]
 
 
-def seconds(entry: dict, event: str) -> float:
-    return status_messages(entry)[event]["timestamp"] / 1000.0
-
-
 def test_cancel_stops_within_one_block_and_the_next_prompt_matches_an_uninterrupted_run(names, comfy_server,
                                                                                        comfy_client):
     prompt = lambda seed, prefix: t2v_prompt(names, **RUN, seed=seed, prefix=f"cancel/{prefix}", latent_only=True)
@@ -44,23 +38,13 @@ def test_cancel_stops_within_one_block_and_the_next_prompt_matches_an_uninterrup
     comfy_client.wait(timed_id, timeout=300)
     timed = comfy_client.history(timed_id)
     assert set(status_messages(timed)["execution_cached"]["nodes"]) >= {"1", "2", "3", "4"}
-    run_seconds = seconds(timed, "execution_success") - seconds(timed, "execution_start")
-    block_seconds = run_seconds / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
+    run_s = run_seconds(timed)
+    block_seconds = run_s / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
 
-    cancelled_id = comfy_client.queue(prompt(7, "cancelled"))
-    while comfy_client.queue_state()["running"] == 0 and comfy_client.history(cancelled_id) is None:
-        time.sleep(0.02)
-    time.sleep(0.4 * run_seconds)
-    interrupted_at = time.time()
-    comfy_client.interrupt(cancelled_id)
-    with pytest.raises(PromptInterrupted):
-        comfy_client.wait(cancelled_id, timeout=120)
-    entry = comfy_client.history(cancelled_id)
-    stopped = status_messages(entry)["execution_interrupted"]
+    stopped, latency = interrupt_midway(comfy_client, prompt(7, "cancelled"), 0.4 * run_s)
     assert (stopped["node_type"], stopped["node_id"]) == ("WanMoESampler", sampler)
-    assert entry["status"]["status_str"] == "error" and sampler not in stopped["executed"]
-    latency = stopped["timestamp"] / 1000.0 - interrupted_at
-    print(f"\nsampler run {run_seconds:.2f} s = {RUN['steps']} steps x {LAYERS} blocks -> <= {block_seconds * 1000:.0f} ms "
+    assert sampler not in stopped["executed"]
+    print(f"\nsampler run {run_s:.2f} s = {RUN['steps']} steps x {LAYERS} blocks -> <= {block_seconds * 1000:.0f} ms "
           f"per block; interrupt -> prompt ended: {latency * 1000:.0f} ms ({latency / block_seconds:.2f} blocks)")
     assert latency < 2 * block_seconds + REQUEST_SLACK, (f"interrupt took {latency:.3f} s to stop the prompt; one block takes at most "
                                          f"{block_seconds:.3f} s (a step {block_seconds * LAYERS:.3f} s)")

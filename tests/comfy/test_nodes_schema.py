@@ -16,7 +16,7 @@ EXPECTED_INPUTS = {
         ("high_noise_model", "COMBO", {"default": "wan2.2_t2v_high_noise_14B_fp16.safetensors"}),
         ("low_noise_model", "COMBO", {"default": "wan2.2_t2v_low_noise_14B_fp16.safetensors"}),
         ("weight_dtype", "COMBO", {"default": "auto", "options": ["auto", "bf16", "fp16", "fp8_e4m3fn", "fp8_e5m2"]}),
-        ("placement", "COMBO", {"default": "auto", "options": ["auto", "resident", "swap", "stream"]}),
+        ("placement", "COMBO", {"default": "auto", "options": ["auto", "resident", "swap", "stream", "shard"]}),
         ("attention", "COMBO", {"default": "sdpa"}),
         ("boundary", "FLOAT", {"default": 0.875, "min": 0.0, "max": 1.0}),
     ],
@@ -124,7 +124,8 @@ EXPECTED_OPTIONAL = {
         "windows": ("WANMOE_WINDOWS", {}),
     },
     "WanMoEModelLoader": {"compute_dtype": ("COMBO", {"default": "auto", "options": ["auto", "fp32", "bf16", "fp16"]}),
-                          "compile": ("BOOLEAN", {"default": False}), "fp8_matmul": ("BOOLEAN", {"default": False})},
+                          "compile": ("BOOLEAN", {"default": False}), "fp8_matmul": ("BOOLEAN", {"default": False}),
+                          "gpus": ("INT", {"default": 1, "min": 1, "max": 8})},  # WANMOE_GPUS unset
 }
 
 

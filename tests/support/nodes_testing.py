@@ -11,6 +11,7 @@ import json
 import re
 import sys
 import time
+from typing import Callable
 
 from harness.comfy_server import REPO_ROOT
 
@@ -157,6 +158,37 @@ def loads_in(text: str) -> list[tuple[str, str]]:
 def status_messages(entry: dict) -> dict:
     """A history entry's status messages by event name (execution_start, execution_cached, ...)."""
     return {event: data for event, data in entry["status"]["messages"]}
+
+
+def run_seconds(entry: dict) -> float:
+    """Seconds a prompt ran, from its history entry (execution_start to execution_success)."""
+    messages = status_messages(entry)
+    return (messages["execution_success"]["timestamp"] - messages["execution_start"]["timestamp"]) / 1000.0
+
+
+def interrupt_midway(client, prompt: dict, after: float, started: Callable[[], object] | None = None) -> tuple[dict, float]:
+    """Queue `prompt`, interrupt it `after` seconds once it runs (or once `started()` returns); (its
+    execution_interrupted message, seconds from the interrupt request to the prompt's end as ComfyUI recorded it)."""
+    from harness.client import PromptInterrupted
+
+    prompt_id = client.queue(prompt)
+    if started is not None:
+        started()
+    while client.queue_state()["running"] == 0 and client.history(prompt_id) is None:
+        time.sleep(0.02)
+    time.sleep(after)
+    interrupted_at = time.time()
+    client.interrupt(prompt_id)
+    try:
+        client.wait(prompt_id, timeout=120)
+    except PromptInterrupted:
+        pass
+    else:
+        raise AssertionError(f"prompt {prompt_id} finished before the interrupt {after:.2f} s into it")
+    entry = client.history(prompt_id)
+    assert entry["status"]["status_str"] == "error"
+    stopped = status_messages(entry)["execution_interrupted"]
+    return stopped, stopped["timestamp"] / 1000.0 - interrupted_at
 
 
 def settled(page, quiet: float = 1.0, timeout: float = 15.0):

@@ -342,12 +342,17 @@ class WanDiT(nn.Module):
         key = tuple(id(t) for t in sources) + (str(device),)
         entry = self._text_cache.get(key)
         if entry is None or any(a is not b or _version(a) != v for a, (b, v) in zip(sources, entry.sources)):
-            text = self.text_embedding(self._pad_context(context, batch, device))
+            text = self.text_embedding(self.pad_context(context, batch, device))
             entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * len(self.blocks))
             if len(self._text_cache) >= TEXT_CACHE_ENTRIES:
                 self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = entry
         return entry.text, entry.kv
+
+    @property
+    def kept_texts(self) -> int:
+        """How many text inputs' embeddings (and keys/values) are kept now."""
+        return len(self._text_cache)
 
     def forget_text(self) -> None:
         """Drop the kept text embeddings and cross-attention keys/values (end of a run, or changed weights)."""
@@ -370,7 +375,7 @@ class WanDiT(nn.Module):
 
     def finish(self, state: ForwardState) -> torch.Tensor:
         """Head and unpatchify: the token stream -> velocity [B, out_dim, F, H, W] float32."""
-        return self._unpatchify(self.head(state.x, state.e).float(), state.grid)
+        return self.unpatchify(self.head(state.x, state.e).float(), state.grid)
 
     def _grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         pt, ph, pw = self.config.patch_size
@@ -379,7 +384,7 @@ class WanDiT(nn.Module):
                              f"patch size {pt}x{ph}x{pw}; use an image size that is a multiple of {8 * ph} pixels")
         return frames // pt, height // ph, width // pw
 
-    def _pad_context(self, context: torch.Tensor | list[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
+    def pad_context(self, context: torch.Tensor | list[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
         """Zero-pad each context to text_len tokens, as the official forward does before text_embedding."""
         text_len, text_dim = self.config.text_len, self.config.text_dim
         items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
@@ -392,7 +397,7 @@ class WanDiT(nn.Module):
             padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
         return padded
 
-    def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F'H'W', out·pt·ph·pw] -> [B, out, F'pt, H'ph, W'pw] (official einsum 'fhwpqrc->cfphqwr')."""
         (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
         x = x.view(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
