@@ -1,4 +1,5 @@
-"""ComfyUI adapters for wan_core, written with ComfyUI's schema API (comfy_api.latest.io).
+"""ComfyUI adapters for wan_core, written with ComfyUI's schema API (the versioned `comfy_api` module that
+`api_version` picks: v0_0_2 on ComfyUI 0.3.75 and 0.8.0, `latest` only as a fallback).
 
 Every module in this package that defines a module-level `NODES` list of `io.ComfyNode` classes is
 registered; the pack's public node ids are the schemas' `node_id`s.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from comfy_api.latest import ComfyExtension, io
+from .api_version import API_VERSION, ComfyExtension, io
 
 
 def _node_modules() -> list:

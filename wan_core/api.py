@@ -27,6 +27,9 @@ from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .dit.model import DiTConfig
+from .interop import comfy_step_inputs, velocity_from_denoised, velocity_of
+from .sampling.experts import ExpertSource
 from .sampling.placement import CachedExperts, dit_expert_spec
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
@@ -42,10 +45,11 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode",
-    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
-    "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for",
-    "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale",
+    "ContextWindows", "DiTConfig", "ExpertSource", "ModelRequest", "TextEncoderRequest", "VAERequest",
+    "available_attention", "comfy_step_inputs", "decode", "empty_latent", "encode", "encode_prompts", "extend_latent",
+    "extend_problem", "frames_problem", "free_device_memory", "join_continuation", "latent_to_rgb",
+    "load_upscale_model", "plan_sampling", "plan_windows_for", "release_models", "sample", "sample_with",
+    "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale", "velocity_from_denoised", "velocity_of",
     "window_problem",
 ]
 
@@ -153,10 +157,12 @@ def empty_latent(width: int, height: int, length: int, batch: int, *, device: to
     return interop.empty_latent(latent_shape(width, height, length, batch), device)
 
 
-def plan_sampling(model: ModelRequest, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
+def plan_sampling(model: ModelRequest | object, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
                   cfg_low: float, schedule: str = "official", sigmas: torch.Tensor | None = None,
                   switch: str = "boundary", switch_step: int = 0) -> Schedule:
     """The run's timesteps, expert per step and guidance, known before anything loads.
+
+    model: anything with the expert switch point as `.boundary` (a ModelRequest, or the nodes' pair of ComfyUI MODELs).
 
     schedule: a grid of config.SCHEDULES; sigmas: a core SIGMAS tensor that replaces it (steps, shift and schedule
     then unused); switch: "boundary" (the model's boundary timestep) or "step" (the first `switch_step` steps of the
@@ -208,6 +214,34 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     temporal windows (checked before any model loads); then a positive CONDITIONING of several entries is a prompt
     list spread over them. A LATENT noise_mask keeps the input latent where it is 0 (a continued clip's frames).
     """
+
+    def ours(shape: tuple[int, ...], batch: int) -> CachedExperts:
+        experts = _experts(model, device=device, latent=shape, batch=batch)
+        log.info("sampling %s with %s", shape, experts.plan)
+        return experts
+
+    try:
+        return _sample(ours, schedule, positive=positive, negative=negative, latent=latent, seed=seed, device=device,
+                       callback=callback, check_cancel=check_cancel, step_cache=step_cache, windows=windows)
+    finally:
+        log.info("%s", get_cache().status())
+
+
+def sample_with(experts: ExpertSource, schedule: Schedule, *, positive: list, negative: list, latent: dict, seed: int,
+                device: torch.device, callback: StepCallback | None = None,
+                check_cancel: Callable[[], None] | None = None, windows: ContextWindows | None = None) -> SampleResult:
+    """`sample` on another implementation's experts (the nodes' adapter around ComfyUI's own MODELs), without the
+    step cache: it skips our WanDiT's block stack (embed / run_blocks / finish), which such experts do not expose."""
+    return _sample(lambda _shape, _batch: experts, schedule, positive=positive, negative=negative, latent=latent,
+                   seed=seed, device=device, callback=callback, check_cancel=check_cancel, step_cache=0.0,
+                   windows=windows)
+
+
+def _sample(make_experts: Callable[[tuple[int, ...], int], ExpertSource], schedule: Schedule, *, positive: list,
+            negative: list, latent: dict, seed: int, device: torch.device, callback: StepCallback | None,
+            check_cancel: Callable[[], None] | None, step_cache: float,
+            windows: ContextWindows | None) -> SampleResult:
+    """The run of `sample` / `sample_with`; make_experts(shape of one expert call, CFG batch) gives the experts."""
     start = interop.latent_from_comfy(latent)
     cache = StepCache(step_cache, schedule.steps)
     lines = [schedule.summary()]
@@ -221,15 +255,11 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
             log.warning("WanMoESampler: the step cache is off with context windows (it would keep a residual per "
                         "window, growing with the video)")
             lines.append("step cache: off with context windows")
-    experts = _experts(model, device=device, latent=shape, batch=2 * start.shape[0])
-    log.info("sampling %s with %s", tuple(start.shape), experts.plan)
-    try:
-        result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
-                                 interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
-                                 callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
-                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)))
-    finally:
-        log.info("%s", get_cache().status())
+    experts = make_experts(shape, 2 * start.shape[0])
+    result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
+                             interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
+                             callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
+                             windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)))
     if cache.enabled and windows is None:
         lines.append(cache.summary(schedule.steps))
     return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))

@@ -59,6 +59,21 @@ class DiTConfig:
         return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 
+def pad_text_contexts(context: torch.Tensor | list[torch.Tensor], batch: int, text_len: int, text_dim: int,
+                      device: torch.device | str) -> torch.Tensor:
+    """[batch, text_len, text_dim] float32: each context zero-padded to text_len tokens, as the official forward
+    does before text_embedding (zero rows still pass through its bias, so the padding is part of the model)."""
+    items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
+    if len(items) != batch:
+        raise ValueError(f"got {len(items)} text contexts for a batch of {batch} latents")
+    padded = torch.zeros(batch, text_len, text_dim, dtype=torch.float32, device=device)
+    for i, item in enumerate(items):
+        if item.dim() != 2 or item.shape[-1] != text_dim or item.shape[0] > text_len:
+            raise ValueError(f"text context {i} has shape {tuple(item.shape)}; expected [tokens <= {text_len}, {text_dim}]")
+        padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
+    return padded
+
+
 class Linear(nn.Linear):
     """nn.Linear that computes in `compute_dtype` whatever dtype its weights are stored in."""
 
@@ -342,7 +357,7 @@ class WanDiT(nn.Module):
         key = tuple(id(t) for t in sources) + (str(device),)
         entry = self._text_cache.get(key)
         if entry is None or any(a is not b or _version(a) != v for a, (b, v) in zip(sources, entry.sources)):
-            text = self.text_embedding(self._pad_context(context, batch, device))
+            text = self.text_embedding(pad_text_contexts(context, batch, self.config.text_len, self.config.text_dim, device))
             entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * len(self.blocks))
             if len(self._text_cache) >= TEXT_CACHE_ENTRIES:
                 self._text_cache.pop(next(iter(self._text_cache)))
@@ -378,19 +393,6 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent of {frames}x{height}x{width} (frames x height x width) is not divisible by the "
                              f"patch size {pt}x{ph}x{pw}; use an image size that is a multiple of {8 * ph} pixels")
         return frames // pt, height // ph, width // pw
-
-    def _pad_context(self, context: torch.Tensor | list[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
-        """Zero-pad each context to text_len tokens, as the official forward does before text_embedding."""
-        text_len, text_dim = self.config.text_len, self.config.text_dim
-        items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
-        if len(items) != batch:
-            raise ValueError(f"got {len(items)} text contexts for a batch of {batch} latents")
-        padded = torch.zeros(batch, text_len, text_dim, dtype=torch.float32, device=device)
-        for i, item in enumerate(items):
-            if item.dim() != 2 or item.shape[-1] != text_dim or item.shape[0] > text_len:
-                raise ValueError(f"text context {i} has shape {tuple(item.shape)}; expected [tokens <= {text_len}, {text_dim}]")
-            padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
-        return padded
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F'H'W', out·pt·ph·pw] -> [B, out, F'pt, H'ph, W'pw] (official einsum 'fhwpqrc->cfphqwr')."""
