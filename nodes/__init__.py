@@ -8,6 +8,7 @@ registered; the pack's public node ids are the schemas' `node_id`s.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 
 from .api_version import API_VERSION, ComfyExtension, io
@@ -34,5 +35,6 @@ async def comfy_entrypoint() -> WanMoEExtension:
     """Entry point ComfyUI calls when it loads the pack: ties the shared model cache to ComfyUI's memory manager."""
     from .comfy_bridge import connect_model_cache
 
-    connect_model_cache()
+    hooks = connect_model_cache()
+    logging.getLogger("ComfyUI-WanMoE").info("ComfyUI-WanMoE: node API comfy_api.%s; memory: %s", API_VERSION, hooks)
     return WanMoEExtension()
