@@ -22,10 +22,10 @@ import comfy.patcher_extension as extension
 import comfy.sampler_helpers as helpers
 
 from ..wan_core import api
-from ..wan_core.config import BOUNDARY, TEXT_LEN
+from ..wan_core.config import TEXT_LEN
 
 from .api_version import io
-from .sockets import WanMoEModelType
+from .sockets import WanMoEModelType, boundary_input
 
 CATEGORY = "WanMoE"
 TEXT_DIM = 4096  # umT5-XXL
@@ -185,9 +185,7 @@ class WanMoEModelFromComfy(io.ComfyNode):
                                                            "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors."),
                 io.Model.Input("low_noise_model", tooltip="The low-noise expert as a core MODEL (runs below the "
                                                           "boundary), e.g. wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors."),
-                io.Float.Input("boundary", default=BOUNDARY, min=0.0, max=1.0, step=0.005,
-                               tooltip="Expert switch point as a fraction of 1000 timesteps: the high-noise expert "
-                                       "runs while t >= boundary x 1000 (official T2V-A14B: 0.875)."),
+                boundary_input(),
             ],
             outputs=[WanMoEModelType.Output(display_name="model")],
         )
