@@ -68,7 +68,8 @@ class WanMoESampler(io.ComfyNode):
                                tooltip="Step caching threshold (0 = off). Steps whose predicted change is small reuse "
                                        "the last transformer residual instead of running the blocks: 0.05-0.1 skips "
                                        "about a third of a 40-step run. Off below 10 steps and at each expert's first "
-                                       "two steps; the summary says how many steps were skipped."),
+                                       "two steps; the summary says how many steps were skipped. Models from Wan2.2 MoE "
+                                       "Model from MODELs run every step."),
                 _schedule_input(optional=True),
                 io.Combo.Input("switch", options=list(SWITCH_MODES), default="boundary", optional=True,
                                tooltip="Where the high-noise expert hands over. boundary: while t >= the model "

@@ -71,8 +71,13 @@ def ours(high: str) -> dict:
             "weight_dtype": "auto", "placement": "auto", "attention": "sdpa", "boundary": 0.875}}
 
 
-def sample(comfy_server, comfy_client, prefix: str, model_nodes: dict) -> torch.Tensor:
+def sample(comfy_server, comfy_client, prefix: str, model_nodes: dict, **sampler_inputs) -> torch.Tensor:
     """The MoE sampler on the WANMOE_MODEL of node "1" (given with the nodes feeding it); the saved latent."""
+    return sample_run(comfy_server, comfy_client, prefix, model_nodes, **sampler_inputs)[0]
+
+
+def sample_run(comfy_server, comfy_client, prefix: str, model_nodes: dict, **sampler_inputs) -> tuple[torch.Tensor, str]:
+    """(the saved latent, the sampler's summary text) of one run."""
     prompt = {
         **model_nodes,
         "2": {"class_type": "WanMoETextEncoderLoader", "inputs": {"text_encoder": TE, "device": "cpu", "dtype": "auto"}},
@@ -81,13 +86,14 @@ def sample(comfy_server, comfy_client, prefix: str, model_nodes: dict) -> torch.
         "4": {"class_type": "WanMoEEmptyLatent", "inputs": {"width": W, "height": H, "length": FRAMES, "batch_size": 1}},
         "6": {"class_type": "WanMoESampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 1],
               "latent": ["4", 0], "seed": 5, "steps": STEPS, "cfg_high": 4.0, "cfg_low": 3.0, "shift": 12.0,
-              "sampler": "unipc", "denoise": 1.0}},
+              "sampler": "unipc", "denoise": 1.0, **sampler_inputs}},
         "9": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"fromcomfy/{prefix}"}},
     }
-    (entry,) = output_files({"9": comfy_client.run(prompt, timeout=240)["9"]})
+    outputs = comfy_client.run(prompt, timeout=240)
+    (entry,) = output_files({"9": outputs["9"]})
     latent = load_file(str(comfy_server.output_path(entry)))["latent_tensor"]
     assert tuple(latent.shape) == LATENT_SHAPE and torch.isfinite(latent).all()
-    return latent
+    return latent, outputs["6"]["text"][0]
 
 
 @pytest.fixture(scope="module")
@@ -95,19 +101,32 @@ def ours_plain(comfy_server, comfy_client, files) -> torch.Tensor:
     return sample(comfy_server, comfy_client, "ours", {"1": ours(HIGH)})
 
 
+CORE_MODELS = {"10": unet(HIGH), "11": unet(LOW), "1": from_comfy(["10", 0], ["11", 0])}
+
+
+@pytest.fixture(scope="module")
+def core_run(comfy_server, comfy_client, files) -> tuple[torch.Tensor, str]:
+    """(the latent of UNETLoader x2 -> WanMoEModelFromComfy -> WanMoESampler, the server log of that run)."""
+    mark = len(comfy_server.log_text())
+    latent = sample(comfy_server, comfy_client, "unet", CORE_MODELS)
+    return latent, comfy_server.log_text()[mark:]
+
+
+@pytest.fixture(scope="module")
+def core_plain(core_run) -> torch.Tensor:
+    return core_run[0]
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-def test_unet_loaders_through_the_node_match_our_loader_within_1e_4(comfy_server, comfy_client, ours_plain):
-    mark = len(comfy_server.log_text())
-    core = sample(comfy_server, comfy_client, "unet", {"10": unet(HIGH), "11": unet(LOW),
-                                                       "1": from_comfy(["10", 0], ["11", 0])})
+def test_unet_loaders_through_the_node_match_our_loader_within_1e_4(core_run, ours_plain):
+    core, log = core_run
     diff = max_diff(core, ours_plain)
     print(f"UNETLoader x2 -> WanMoEModelFromComfy vs WanMoEModelLoader: max |diff| {diff:.2e} "
           f"(latent max {ours_plain.abs().max().item():.2f})")
     assert diff <= 1e-4
-    log = comfy_server.log_text()[mark:]
     # ComfyUI's model management loaded the two core models; our cache loaded no expert for this run.
     assert log.count("Requested to load WAN21") >= 2, log[-2000:]
     assert "model cache: loaded dit" not in log
@@ -128,12 +147,20 @@ def test_lora_loader_between_matches_our_loader_on_the_merged_weights(comfy_serv
     assert diff <= 1e-4
 
 
-def test_a_patch_node_for_comfys_own_sampling_changes_nothing(comfy_server, comfy_client, files):
+def test_a_patch_node_for_comfys_own_sampling_changes_nothing(comfy_server, comfy_client, core_plain):
     # ModelSamplingSD3 sets ComfyUI's own shift; the MoE sampler brings its schedule (shift input), so the result
     # equals the unpatched models' exactly: the patched MODEL runs, and the official timesteps are what the DiT sees.
-    plain = sample(comfy_server, comfy_client, "unpatched", {"10": unet(HIGH), "11": unet(LOW),
-                                                              "1": from_comfy(["10", 0], ["11", 0])})
+    plain = core_plain
     shift = {"class_type": "ModelSamplingSD3", "inputs": {"model": ["10", 0], "shift": 5.0}}
     patched = sample(comfy_server, comfy_client, "shift_patched", {"10": unet(HIGH), "13": shift, "11": unet(LOW),
                                                                     "1": from_comfy(["13", 0], ["11", 0])})
     assert torch.equal(plain, patched)
+
+
+def test_step_cache_is_not_applied_to_core_models_and_the_summary_says_so(comfy_server, comfy_client, core_plain):
+    # Step caching skips our DiT's block stack; ComfyUI's WanModel is one opaque forward, so the run computes every
+    # step (the same latent bit for bit) and the sampler's text box tells the user.
+    latent, summary = sample_run(comfy_server, comfy_client, "unet_step_cache", CORE_MODELS, step_cache=0.5)
+    assert torch.equal(latent, core_plain)
+    assert summary.endswith("\nstep_cache 0.5 not applied: it needs the pack's own DiT (Wan2.2 MoE Model Loader); "
+                            "models from WanMoEModelFromComfy compute every step"), summary
