@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The second test environment (idempotent): ComfyUI 0.8.0 from the local source snapshot, in its own virtualenv
-# with 0.8.0's requirements (comfy-kitchen ...), the newest comfyui-frontend-package from PyPI (ComfyUI is started
+# with 0.8.0's requirements (comfy-kitchen ...), comfyui-frontend-package 1.58.1 from PyPI (ComfyUI is started
 # with --front-end-root pointing at its static folder) and the pack's runtime + test dependencies.
 # Everything lives in .comfy08/ (venv/, comfyui/). Prints the folder's paths as shell assignments on the last lines
 # (COMFY08_PYTHON=..., COMFY08_DIR=..., COMFY08_FRONTEND_ROOT=...) for scripts/run_tests_comfy08.sh.
@@ -12,7 +12,8 @@ SNAPSHOT=${WANMOE_COMFYUI_SNAPSHOT:-$ROOT/../shared/comfyui/comfyui-0.8.0.tar.xz
 ENV_DIR="$ROOT/.comfy08"
 VENV="$ENV_DIR/venv"
 COMFY_DIR="$ENV_DIR/comfyui"
-FRONTEND=${WANMOE_FRONTEND_SPEC:-comfyui-frontend-package}  # newest on PyPI unless pinned (e.g. ==1.58.1)
+# The tested frontend (the newest on PyPI when written); WANMOE_FRONTEND_SPEC=comfyui-frontend-package tries the newest.
+FRONTEND=${WANMOE_FRONTEND_SPEC:-comfyui-frontend-package==1.58.1}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
@@ -27,7 +28,7 @@ report() {
 }
 
 if [ ! -f "$SNAPSHOT" ]; then
-  log "no ComfyUI 0.8.0 snapshot at $SNAPSHOT (set WANMOE_COMFYUI_SNAPSHOT): nothing to set up"
+  log "no ComfyUI 0.8.0 source snapshot at $SNAPSHOT (CI keeps it in ../shared/comfyui/ beside the repository; or set WANMOE_COMFYUI_SNAPSHOT): nothing set up"
   exit 3
 fi
 
@@ -68,7 +69,7 @@ grep -vE '^(torch|torchvision|torchaudio)[[:space:]]*$|^comfyui-frontend-package
   > "$ENV_DIR/comfy-requirements.txt"
 pip_q install -q -r "$ENV_DIR/comfy-requirements.txt" requests
 
-log "installing the pack's runtime + test dependencies and $FRONTEND (newest unless pinned)"
+log "installing the pack's runtime + test dependencies and $FRONTEND"
 test_extra=$("$VENV/bin/python" - <<'PY'
 import tomllib
 print("\n".join(r for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["test"]
