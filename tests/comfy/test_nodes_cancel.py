@@ -41,8 +41,9 @@ def seconds(entry: dict, event: str) -> float:
 @pytest.mark.parametrize("route", ["our_loader", "core_models"])
 def test_cancel_stops_within_one_block_and_the_next_prompt_matches_an_uninterrupted_run(names, comfy_server,
                                                                                        comfy_client, route):
-    def prompt(seed: int, prefix: str) -> dict:
-        built = t2v_prompt(names, **RUNS[route], seed=seed, prefix=f"cancel/{route}/{prefix}", latent_only=True)
+    def prompt(seed: int, prefix: str, steps: int = RUN["steps"]) -> dict:
+        run = {**RUNS[route], "steps": steps}
+        built = t2v_prompt(names, **run, seed=seed, prefix=f"cancel/{route}/{prefix}", latent_only=True)
         return with_core_model_loaders(built) if route == "core_models" else built
 
     sampler = node_id_of(prompt(0, "x"), "WanMoESampler")
@@ -56,7 +57,9 @@ def test_cancel_stops_within_one_block_and_the_next_prompt_matches_an_uninterrup
     run_seconds = seconds(timed, "execution_success") - seconds(timed, "execution_start")
     block_seconds = run_seconds / (RUN["steps"] * LAYERS)  # an upper bound: embedding, head and solver included
 
-    cancelled_id = comfy_client.queue(prompt(7, "cancelled"))
+    # 4x the timed run's steps: the interrupt at 0.4 of the timed run lands inside the sampler even when the machine's
+    # load drops by several times between the two runs (at load ~10 a run once finished before its interrupt).
+    cancelled_id = comfy_client.queue(prompt(7, "cancelled", steps=4 * RUN["steps"]))
     while comfy_client.queue_state()["running"] == 0 and comfy_client.history(cancelled_id) is None:
         time.sleep(0.02)
     time.sleep(0.4 * run_seconds)
