@@ -1,4 +1,5 @@
-"""ComfyUI adapters for wan_core, written with ComfyUI's schema API (comfy_api.latest.io).
+"""ComfyUI adapters for wan_core, written with ComfyUI's schema API (the versioned `comfy_api` module that
+`api_version` picks: v0_0_2 on ComfyUI 0.3.75 and 0.8.0, `latest` only as a fallback).
 
 Every module in this package that defines a module-level `NODES` list of `io.ComfyNode` classes is
 registered; the pack's public node ids are the schemas' `node_id`s.
@@ -7,9 +8,10 @@ registered; the pack's public node ids are the schemas' `node_id`s.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 
-from comfy_api.latest import ComfyExtension, io
+from .api_version import API_VERSION, ComfyExtension, io
 
 
 def _node_modules() -> list:
@@ -33,5 +35,6 @@ async def comfy_entrypoint() -> WanMoEExtension:
     """Entry point ComfyUI calls when it loads the pack: ties the shared model cache to ComfyUI's memory manager."""
     from .comfy_bridge import connect_model_cache
 
-    connect_model_cache()
+    hooks = connect_model_cache()
+    logging.getLogger("ComfyUI-WanMoE").info("ComfyUI-WanMoE: node API comfy_api.%s; memory: %s", API_VERSION, hooks)
     return WanMoEExtension()

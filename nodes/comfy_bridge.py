@@ -90,7 +90,9 @@ def install_memory_hooks(release_all: Callable[[], None], free_device_bytes: Cal
     """Make ComfyUI's "Unload models" (/free) release our cache, and its free_memory() make room in our cache too.
 
     ComfyUI only unloads models registered in its own loaded-model list, so without these wrappers our
-    entries would survive "Unload models". The wrappers call the original first and never raise.
+    entries would survive "Unload models". The wrappers call the original first and never raise. ComfyUI 0.3.75 and
+    0.8.0 offer no supported hook for this (no callback registry in comfy.model_management, none in comfy_api; its
+    hook_breaker restores only cast_to), so both need the wrappers: docs/compatibility.md.
     """
     global _installed
     if _installed:
@@ -118,7 +120,15 @@ def install_memory_hooks(release_all: Callable[[], None], free_device_bytes: Cal
     _installed = True
 
 
-def connect_model_cache() -> None:
-    """Both directions: our cache asks ComfyUI for room before loading; ComfyUI's unload/free reach our cache."""
+MEMORY_HOOKS = "our cache wraps comfy.model_management.unload_all_models and free_memory (no supported hook)"
+
+
+def connect_model_cache() -> str:
+    """Both directions: our cache asks ComfyUI for room before loading; ComfyUI's unload/free reach our cache.
+
+    Returns how ComfyUI's side is connected, for the log. Models that come in as core MODELs
+    (WanMoEModelFromComfy) are ComfyUI's own and need none of this.
+    """
     api.set_free_memory_callback(free_comfy_memory)
     install_memory_hooks(api.release_models, api.free_device_memory)
+    return MEMORY_HOOKS

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import comfy.model_management
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 from ..wan_core.config import FRAMES, HEIGHT, WIDTH

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
-from ..wan_core.config import (BOUNDARY, COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
+from ..wan_core.config import (COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
                                TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPE_OPTIONS)
 
 from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
-from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
+from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType, boundary_input
 
 CATEGORY = "WanMoE"
 
@@ -51,9 +51,7 @@ class WanMoEModelLoader(io.ComfyNode):
                 io.Combo.Input("attention", options=api.available_attention(), default="sdpa",
                                tooltip="Attention kernel. sdpa is PyTorch's scaled_dot_product_attention, which picks "
                                        "flash / memory-efficient kernels on a GPU."),
-                io.Float.Input("boundary", default=BOUNDARY, min=0.0, max=1.0, step=0.005,
-                               tooltip="Expert switch point as a fraction of 1000 timesteps: the high-noise expert runs "
-                                       "while t >= boundary x 1000 (official T2V-A14B: 0.875)."),
+                boundary_input(),
                 io.Combo.Input("compute_dtype", options=list(COMPUTE_OPTIONS), default="auto", optional=True,
                                tooltip="Precision of the matmuls. auto: bf16 on a GPU, fp32 on the CPU; bf16 on the CPU "
                                        "is several times faster there, with a small measured difference (see README)."),

@@ -6,7 +6,7 @@ frames kept) -> WanMoESampler -> WanMoEVAEDecode -> WanMoEExtendJoin (previous +
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 from ..wan_core.config import FRAMES, FUSE_METHODS, WINDOW_FRAMES, WINDOW_OVERLAP

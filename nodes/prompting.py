@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 from ..wan_core.config import GUIDE_HIGH, GUIDE_LOW, SCHEDULES, SHIFT, SOLVERS, STEPS, SWITCH_MODES
 
 from .comfy_bridge import StepProgress, check_cancel, compute_device
+from .comfy_models import ComfyModelPair, expert_source
 from .sockets import WanMoEModelType, WanMoEWindowsType
 
 CATEGORY = "WanMoE"
+STEP_CACHE_OFF = ("step_cache {:g} not applied: it needs the pack's own DiT (Wan2.2 MoE Model Loader); models from "
+                  "WanMoEModelFromComfy compute every step")
 log = logging.getLogger("ComfyUI-WanMoE")
 SCHEDULE_TOOLTIP = ("Sigma grid. official: the sampler's own (unipc: linspace(0.999, 0) shifted, t 999..; dpm++ / "
                     "euler: linspace(1, 0) shifted, t 1000..); unipc_grid / dpm_grid: either one with any sampler; "
@@ -39,7 +42,8 @@ class WanMoESampler(io.ComfyNode):
             description="Runs both experts in one sampler: the expert is chosen per step from the timestep and the "
                         "model's boundary (official: high-noise for t >= 875). Shows which steps ran on which expert.",
             inputs=[
-                WanMoEModelType.Input("model", tooltip="From the Wan2.2 MoE Model Loader."),
+                WanMoEModelType.Input("model", tooltip="From the Wan2.2 MoE Model Loader, or Wan2.2 MoE Model from "
+                                                       "MODELs (core/GGUF loaders, LoRA and patch nodes)."),
                 io.Conditioning.Input("positive", tooltip="Prompt conditioning (Wan2.2 Text Encode, or core "
                                                          "CLIPTextEncode with a CLIPLoader of type wan)."),
                 io.Conditioning.Input("negative", tooltip="Negative prompt conditioning."),
@@ -64,7 +68,8 @@ class WanMoESampler(io.ComfyNode):
                                tooltip="Step caching threshold (0 = off). Steps whose predicted change is small reuse "
                                        "the last transformer residual instead of running the blocks: 0.05-0.1 skips "
                                        "about a third of a 40-step run. Off below 10 steps and at each expert's first "
-                                       "two steps; the summary says how many steps were skipped."),
+                                       "two steps; the summary says how many steps were skipped. Models from Wan2.2 MoE "
+                                       "Model from MODELs run every step."),
                 _schedule_input(optional=True),
                 io.Combo.Input("switch", options=list(SWITCH_MODES), default="boundary", optional=True,
                                tooltip="Where the high-noise expert hands over. boundary: while t >= the model "
@@ -86,8 +91,8 @@ class WanMoESampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model: api.ModelRequest, positive: list, negative: list, latent: dict, seed: int, steps: int,
-                cfg_high: float, cfg_low: float, shift: float, sampler: str, denoise: float,
+    def execute(cls, model: api.ModelRequest | ComfyModelPair, positive: list, negative: list, latent: dict, seed: int,
+                steps: int, cfg_high: float, cfg_low: float, shift: float, sampler: str, denoise: float,
                 step_cache: float = 0.0, schedule: str = "official", switch: str = "boundary", switch_step: int = 20,
                 sigmas=None, windows: api.ContextWindows | None = None) -> io.NodeOutput:
         plan = api.plan_sampling(model, steps=steps, shift=shift, solver=sampler, denoise=denoise, cfg_high=cfg_high,
@@ -95,10 +100,17 @@ class WanMoESampler(io.ComfyNode):
                                  switch_step=switch_step)
         log.info("WanMoESampler: %s", plan.summary())
         progress = StepProgress(len(plan.timesteps), node_id=cls.hidden.unique_id)
-        result = api.sample(model, plan, positive=positive, negative=negative, latent=latent, seed=seed,
-                            device=compute_device(), callback=progress, check_cancel=check_cancel,
-                            step_cache=step_cache, windows=windows)
-        return io.NodeOutput(result.latent, ui={"text": [result.summary]})
+        run = dict(positive=positive, negative=negative, latent=latent, seed=seed, device=compute_device(),
+                   callback=progress, check_cancel=check_cancel, windows=windows)
+        experts = expert_source(model)  # ComfyUI's own MODELs, or None: our files through the shared cache
+        if experts is None:
+            result = api.sample(model, plan, step_cache=step_cache, **run)
+            return io.NodeOutput(result.latent, ui={"text": [result.summary]})
+        result = api.sample_with(experts, plan, **run)  # no step_cache: it needs our DiT's forward stages
+        notice = [STEP_CACHE_OFF.format(step_cache)] if step_cache else []
+        for line in notice:
+            log.warning("WanMoESampler: %s", line)
+        return io.NodeOutput(result.latent, ui={"text": ["\n".join([result.summary, *notice])]})
 
 
 class WanMoESchedule(io.ComfyNode):

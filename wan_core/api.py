@@ -27,9 +27,12 @@ from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .dit.model import DiTConfig
+from .interop import comfy_step_inputs, velocity_from_denoised, velocity_of
 from .parallel import plan as parallel_plan
 from .parallel.experts import ParallelExperts
 from .parallel.pool import release_pool
+from .sampling.experts import ExpertSource
 from .sampling.multi_gpu import SHARD, cached_experts, parallel_experts
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
@@ -45,10 +48,11 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode", "default_gpus",
-    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
-    "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for",
-    "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale",
+    "ContextWindows", "DiTConfig", "ExpertSource", "ModelRequest", "TextEncoderRequest", "VAERequest",
+    "available_attention", "comfy_step_inputs", "decode", "default_gpus", "empty_latent", "encode", "encode_prompts",
+    "extend_latent", "extend_problem", "frames_problem", "free_device_memory", "join_continuation", "latent_to_rgb",
+    "load_upscale_model", "plan_sampling", "plan_windows_for", "release_models", "sample", "sample_with",
+    "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale", "velocity_from_denoised", "velocity_of",
     "window_problem",
 ]
 
@@ -156,10 +160,12 @@ def empty_latent(width: int, height: int, length: int, batch: int, *, device: to
     return interop.empty_latent(latent_shape(width, height, length, batch), device)
 
 
-def plan_sampling(model: ModelRequest, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
+def plan_sampling(model: ModelRequest | object, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
                   cfg_low: float, schedule: str = "official", sigmas: torch.Tensor | None = None,
                   switch: str = "boundary", switch_step: int = 0) -> Schedule:
     """The run's timesteps, expert per step and guidance, known before anything loads.
+
+    model: anything with the expert switch point as `.boundary` (a ModelRequest, or the nodes' pair of ComfyUI MODELs).
 
     schedule: a grid of config.SCHEDULES; sigmas: a core SIGMAS tensor that replaces it (steps, shift and schedule
     then unused); switch: "boundary" (the model's boundary timestep) or "step" (the first `switch_step` steps of the
@@ -219,6 +225,34 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     `model.gpus` > 1 runs every DiT call on that many processes (wan_core.parallel), or on one device with a
     warning when the worker group cannot start.
     """
+
+    def ours(shape: tuple[int, ...], _batch: int) -> ExpertSource:
+        experts = _experts(model, device=device, latent=shape, schedule=schedule, check_cancel=check_cancel)
+        log.info("sampling %s with %s", shape, experts.plan)
+        return experts
+
+    try:
+        return _sample(ours, schedule, positive=positive, negative=negative, latent=latent, seed=seed, device=device,
+                       callback=callback, check_cancel=check_cancel, step_cache=step_cache, windows=windows)
+    finally:
+        log.info("%s", get_cache().status())
+
+
+def sample_with(experts: ExpertSource, schedule: Schedule, *, positive: list, negative: list, latent: dict, seed: int,
+                device: torch.device, callback: StepCallback | None = None,
+                check_cancel: Callable[[], None] | None = None, windows: ContextWindows | None = None) -> SampleResult:
+    """`sample` on another implementation's experts (the nodes' adapter around ComfyUI's own MODELs), without the
+    step cache: it skips our WanDiT's block stack (embed / run_blocks / finish), which such experts do not expose."""
+    return _sample(lambda _shape, _batch: experts, schedule, positive=positive, negative=negative, latent=latent,
+                   seed=seed, device=device, callback=callback, check_cancel=check_cancel, step_cache=0.0,
+                   windows=windows)
+
+
+def _sample(make_experts: Callable[[tuple[int, ...], int], ExpertSource], schedule: Schedule, *, positive: list,
+            negative: list, latent: dict, seed: int, device: torch.device, callback: StepCallback | None,
+            check_cancel: Callable[[], None] | None, step_cache: float,
+            windows: ContextWindows | None) -> SampleResult:
+    """The run of `sample` / `sample_with`; make_experts(shape of one expert call, CFG batch) gives the experts."""
     start = interop.latent_from_comfy(latent)
     cache = StepCache(step_cache, schedule.steps)
     lines = [schedule.summary()]
@@ -232,21 +266,17 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
             log.warning("WanMoESampler: the step cache is off with context windows (it would keep a residual per "
                         "window, growing with the video)")
             lines.append("step cache: off with context windows")
-    experts = _experts(model, device=device, latent=shape, schedule=schedule, check_cancel=check_cancel)
+    experts = make_experts(shape, 2 * start.shape[0])
     parallel = isinstance(experts, ParallelExperts)
     if parallel and step_cache > 0:  # the workers run the blocks at every step
         log.warning("WanMoE: step cache %g is not applied on several GPUs; every step runs in full", step_cache)
         cache = StepCache(0.0, schedule.steps)
         lines.append(f"step cache {step_cache:g} off: not applied with gpus > 1")
-    log.info("sampling %s with %s", tuple(start.shape), experts.plan)
-    try:
-        result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
-                                 interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
-                                 callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
-                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)),
-                                 cfg_batch="on" if parallel else "auto")
-    finally:
-        log.info("%s", get_cache().status())
+    result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
+                             interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
+                             callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
+                             windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)),
+                             cfg_batch="on" if parallel else "auto")
     if cache.enabled and windows is None:
         lines.append(cache.summary(schedule.steps))
     return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))

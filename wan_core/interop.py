@@ -6,6 +6,7 @@
                 (several entries, as core ConditioningCombine makes: a prompt list for context windows)
   SIGMAS        1-D float tensor, n+1 sigmas ending at 0      <->  the float values (float64 out: exact timesteps)
   noise_mask    LATENT["noise_mask"], 1 = denoise, 0 = keep   <->  a mask in the latent's shape (core reshape_mask)
+  MODEL step    apply_model(x, sigma = t / 1000, c_crossattn=[B, 512, 4096]) with the DiT given the integer t
 
 The front door (`wan_core.api`) does every conversion through these functions; the nodes pass ComfyUI's
 objects through untouched.
@@ -17,7 +18,11 @@ import logging
 
 import torch
 
+from dataclasses import dataclass
+from typing import Sequence
+
 from .config import LATENT_CHANNELS, TEXT_LEN
+from .dit.model import pad_text_contexts
 from .vae.latent_format import denormalize, normalize
 
 log = logging.getLogger("ComfyUI-WanMoE")
@@ -162,3 +167,43 @@ def noise_mask(latent: dict, shape: tuple[int, ...]) -> torch.Tensor | None:
     if mask.shape[0] != shape[0]:  # core repeat_to_batch_size: repeat up, or cut down, to the batch
         mask = mask.repeat((-(-shape[0] // mask.shape[0]), 1, 1, 1, 1))[:shape[0]]
     return mask
+# --- MODEL: one step of our sampler on a ComfyUI Wan diffusion model ----------------------------------------
+# ComfyUI's flow models take `apply_model(x, sigma, c_crossattn=context)` with sigma = t / 1000, feed their DiT
+# `sigma * 1000` as the timestep and return the denoised x - sigma * v. The official loop (and our sampler) feeds
+# the DiT the truncated integer timestep t and needs the raw velocity v, and zero-pads every prompt to 512 tokens
+# before the text embedding. The node adapter (nodes/comfy_models.py) gives the DiT `timestep` in place of
+# ComfyUI's sigma * 1000 inside the model call and keeps the DiT's own output, so nothing is rescaled and back.
+FLOW_TIMESTEPS = 1000.0  # ComfyUI's ModelSamplingDiscreteFlow multiplier: DiT timestep = sigma * 1000
+
+
+@dataclass(frozen=True)
+class ComfyStepInputs:
+    """Tensors of one ComfyUI model call, on the model's device."""
+
+    x: torch.Tensor  # [B, 16, F, H, W] float32 (ComfyUI casts it to the model's dtype)
+    sigma: torch.Tensor  # [B] t / 1000: apply_model's argument (and transformer_options["sigmas"])
+    timestep: torch.Tensor  # [B] float32 integer-valued t: what the DiT is given instead of sigma * 1000
+    context: torch.Tensor  # [B, text_len, text_dim] float32, each prompt zero-padded
+
+
+def comfy_step_inputs(x: torch.Tensor, timestep: torch.Tensor | float, contexts: torch.Tensor | Sequence[torch.Tensor],
+                      *, text_len: int, text_dim: int, device: torch.device | str) -> ComfyStepInputs:
+    """The call's tensors for latent `x`, the sampler's timestep(s) and one text context per batch item."""
+    batch = x.shape[0]
+    t = torch.as_tensor(timestep, dtype=torch.float32).reshape(-1).expand(batch).to(device)
+    context = pad_text_contexts(list(contexts), batch, text_len, text_dim, device)
+    return ComfyStepInputs(x=x.to(device=device, dtype=torch.float32), sigma=t / FLOW_TIMESTEPS, timestep=t,
+                           context=context)
+
+
+def velocity_of(output: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The DiT's output as the sampler's velocity: float32, on the latent's device."""
+    return output.to(device=like.device, dtype=torch.float32)
+
+
+def velocity_from_denoised(step: ComfyStepInputs, denoised: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """v = (x - x0) / sigma from apply_model's denoised output, for calls where the DiT itself did not run (a
+    wrapper answered from its own cache); exact up to float32 round-off of ComfyUI's x - sigma * v."""
+    sigma = step.sigma.to(torch.float64).reshape(-1, *([1] * (step.x.dim() - 1)))
+    v = (step.x.to(torch.float64) - denoised.to(device=step.x.device, dtype=torch.float64)) / sigma
+    return v.to(device=like.device, dtype=torch.float32)

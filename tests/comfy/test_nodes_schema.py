@@ -20,6 +20,11 @@ EXPECTED_INPUTS = {
         ("attention", "COMBO", {"default": "sdpa"}),
         ("boundary", "FLOAT", {"default": 0.875, "min": 0.0, "max": 1.0}),
     ],
+    "WanMoEModelFromComfy": [
+        ("high_noise_model", "MODEL", {}),
+        ("low_noise_model", "MODEL", {}),
+        ("boundary", "FLOAT", {"default": 0.875, "min": 0.0, "max": 1.0}),
+    ],
     "WanMoETextEncoderLoader": [
         ("text_encoder", "COMBO", {"default": "umt5_xxl_fp16.safetensors"}),
         ("device", "COMBO", {"default": "gpu", "options": ["gpu", "cpu"]}),
@@ -98,6 +103,7 @@ EXPECTED_INPUTS = {
 }
 EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
     "WanMoEModelLoader": (["WANMOE_MODEL"], ["model"]),
+    "WanMoEModelFromComfy": (["WANMOE_MODEL"], ["model"]),
     "WanMoETextEncoderLoader": (["WANMOE_TEXT_ENCODER"], ["text_encoder"]),
     "WanMoETextEncode": (["CONDITIONING", "CONDITIONING"], ["positive", "negative"]),
     "WanMoEEmptyLatent": (["LATENT"], ["LATENT"]),

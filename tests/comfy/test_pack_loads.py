@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 
 import pytest
 
@@ -63,3 +64,12 @@ def test_model_file_added_after_boot_is_listed(comfy_server, comfy_client):
     assert name in comfy_client.models("vae")
     vae_choices = comfy_client.object_info("VAELoader")["input"]["required"]["vae_name"][0]
     assert name in vae_choices
+
+
+def test_pack_uses_the_versioned_node_api(comfy_server):
+    # ComfyUI 0.3.75 and 0.8.0 both ship comfy_api.v0_0_2; `latest` is only the fallback for a ComfyUI without it.
+    (version,) = re.findall(r"ComfyUI-WanMoE: node API comfy_api\.(\w+)", comfy_server.log_text())
+    assert version == "v0_0_2"
+    direct = [p.name for p in sorted((REPO_ROOT / "nodes").glob("*.py"))
+              if p.name != "api_version.py" and re.search(r"^\s*(from|import) comfy_api", p.read_text(), re.M)]
+    assert direct == [], f"nodes importing comfy_api directly instead of through nodes/api_version.py: {direct}"

@@ -121,8 +121,8 @@ def test_ui_workflow_opens_with_no_missing_nodes_models_or_errors(tiny_models_fo
     report = settled(comfy_page).load_workflow(ui)
     comfy_page.screenshot(artifact_dir / f"{stem}.png")
     assert report.missing_node_types == []
-    assert report.missing_models_dialog is None, report.missing_models_dialog
-    assert report.dialogs == []
+    assert report.missing.node_types == [] and report.missing.model_files == [], report.missing
+    assert report.dialogs == []  # no dialog, and (frontend 1.5x) no issues card
     assert report.node_count == len(ui["nodes"])
     assert relevant_console_errors(comfy_page.console_errors) == []
 

@@ -237,7 +237,7 @@ def test_upscale_ui_workflow_loads_with_nothing_missing(comfy_page, artifact_dir
     comfy_page.screenshot(artifact_dir / f"{stem}.png")
     assert report.missing_node_types == []
     assert report.node_count == len(workflow["nodes"])
-    assert report.missing_models_dialog is None, report.missing_models_dialog
+    assert report.missing.model_files == [] and report.missing.node_types == [], report.missing
     widgets = comfy_page.page.evaluate(UPSCALE_WIDGETS_JS)
     assert widgets == {"mode": "exact size", "width": 1280, "height": 720, "fit": "crop", "stabilize": 0.5,
                        "source": "UpscaleModelLoader" if stem == WITH_MODEL else None}

@@ -124,6 +124,19 @@ def t2v_prompt(names: dict[str, str] | None = None, *, width: int = 64, height: 
     return prompt
 
 
+def with_core_model_loaders(prompt: dict) -> dict:
+    """The prompt with its WanMoEModelLoader replaced by core UNETLoader x2 -> WanMoEModelFromComfy (same node id, so
+    the sampler's link stays): ComfyUI's own models of the same files, sampled by our sampler."""
+    prompt = copy.deepcopy(prompt)
+    loader_id = node_id_of(prompt, "WanMoEModelLoader")
+    files = prompt[loader_id]["inputs"]
+    for suffix, name in (("h", files["high_noise_model"]), ("l", files["low_noise_model"])):
+        prompt[f"{loader_id}{suffix}"] = {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": "default"}}
+    prompt[loader_id] = {"class_type": "WanMoEModelFromComfy", "inputs": {
+        "high_noise_model": [f"{loader_id}h", 0], "low_noise_model": [f"{loader_id}l", 0], "boundary": files["boundary"]}}
+    return prompt
+
+
 def node_id_of(prompt: dict, class_type: str) -> str:
     """The id of the (single) node of `class_type` in an API prompt."""
     (node_id,) = [k for k, v in prompt.items() if v["class_type"] == class_type]

@@ -59,6 +59,21 @@ class DiTConfig:
         return cls(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 
 
+def pad_text_contexts(context: torch.Tensor | list[torch.Tensor], batch: int, text_len: int, text_dim: int,
+                      device: torch.device | str) -> torch.Tensor:
+    """[batch, text_len, text_dim] float32: each context zero-padded to text_len tokens, as the official forward
+    does before text_embedding (zero rows still pass through its bias, so the padding is part of the model)."""
+    items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
+    if len(items) != batch:
+        raise ValueError(f"got {len(items)} text contexts for a batch of {batch} latents")
+    padded = torch.zeros(batch, text_len, text_dim, dtype=torch.float32, device=device)
+    for i, item in enumerate(items):
+        if item.dim() != 2 or item.shape[-1] != text_dim or item.shape[0] > text_len:
+            raise ValueError(f"text context {i} has shape {tuple(item.shape)}; expected [tokens <= {text_len}, {text_dim}]")
+        padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
+    return padded
+
+
 class Linear(nn.Linear):
     """nn.Linear that computes in `compute_dtype` whatever dtype its weights are stored in."""
 
@@ -385,17 +400,8 @@ class WanDiT(nn.Module):
         return frames // pt, height // ph, width // pw
 
     def pad_context(self, context: torch.Tensor | list[torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
-        """Zero-pad each context to text_len tokens, as the official forward does before text_embedding."""
-        text_len, text_dim = self.config.text_len, self.config.text_dim
-        items = list(context.unbind(0)) if isinstance(context, torch.Tensor) and context.dim() == 3 else list(context)
-        if len(items) != batch:
-            raise ValueError(f"got {len(items)} text contexts for a batch of {batch} latents")
-        padded = torch.zeros(batch, text_len, text_dim, dtype=torch.float32, device=device)
-        for i, item in enumerate(items):
-            if item.dim() != 2 or item.shape[-1] != text_dim or item.shape[0] > text_len:
-                raise ValueError(f"text context {i} has shape {tuple(item.shape)}; expected [tokens <= {text_len}, {text_dim}]")
-            padded[i, : item.shape[0]] = item.to(device=device, dtype=torch.float32)
-        return padded
+        """Zero-pad each context to this model's text_len tokens, as the official forward does before text_embedding."""
+        return pad_text_contexts(context, batch, self.config.text_len, self.config.text_dim, device)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F'H'W', out·pt·ph·pw] -> [B, out, F'pt, H'ph, W'pw] (official einsum 'fhwpqrc->cfphqwr')."""

@@ -70,6 +70,9 @@ class StepCache:
         """The expert's velocity for (x, t, context), its blocks run or skipped as decided for this step."""
         if not self.enabled:
             return model(x, t, context, before_block=before_block)
+        if not all(hasattr(model, stage) for stage in ("embed", "run_blocks", "finish")):
+            raise TypeError(f"step caching needs an expert with the WanDiT forward stages embed / run_blocks / finish; "
+                            f"{type(model).__name__} has not (run it with step_cache 0)")
         state = model.embed(x, t, context)
         tokens = state.x
         key = tuple(id(c) for c in ((context,) if isinstance(context, torch.Tensor) else context))

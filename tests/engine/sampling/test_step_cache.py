@@ -72,3 +72,16 @@ def test_short_runs_are_never_cached(experts, prompts):
 def test_bad_thresholds_are_refused(bad):
     with pytest.raises(ValueError, match="step cache threshold"):
         StepCache(bad, 40)
+
+
+def test_an_expert_without_the_wandit_stages_is_refused_by_name(prompts):
+    # Another implementation's DiT (the nodes' adapter around ComfyUI's MODELs) is one opaque call: nothing to skip.
+    class OpaqueExpert:
+        config = CONFIG
+
+        def __call__(self, x, t, context, *, before_block=None):
+            return torch.zeros_like(x)
+
+    cache = StepCache(0.1, 20)
+    with pytest.raises(TypeError, match="OpaqueExpert has not"):
+        cache(OpaqueExpert(), torch.zeros(SHAPE), torch.zeros(1), prompts[0])

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .frontend_reports import STATE_JS, MissingReport, close_issue_panel, read_missing_report
+
 CHROMIUM_ENV = "WANMOE_CHROMIUM"
 CHROMIUM_ARGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -25,7 +27,7 @@ FRONTEND_SETTINGS = {
     "Comfy.Release.Version": "99.0.0",  # no "what's new" pop-up
     "Comfy.Release.Status": "skipped",
     "Comfy.Release.Timestamp": 4102444800000,
-    "Comfy.Workflow.ShowMissingModelsWarning": True,  # the dialog tests look for
+    "Comfy.Workflow.ShowMissingModelsWarning": True,  # the missing-models report tests read (dialog or issues panel)
     "Comfy.Workflow.Persist": False,  # a new tab must not restore (and race with) the previous tab's workflow
     "Comfy.Workflow.ShowMissingNodesWarning": True,
     "Comfy.Minimap.Visible": False,
@@ -36,11 +38,13 @@ FRONTEND_SETTINGS = {
 # Console errors that are not the pack's doing: optional per-user files a fresh user directory lacks (user.css,
 # comfy.templates.json -> 404), api.comfy.org and model download hosts being unreachable offline (the Missing
 # Models dialog asks each file's URL for its size), and frontend 1.32 setting
-# LiteGraph.Canvas.MinFontSizeForLOD before that setting is defined (TypeError in its settings store's onChange).
+# LiteGraph.Canvas.MinFontSizeForLOD before that setting is defined (TypeError in its settings store's onChange),
+# and frontend 1.58 asking ComfyUI 0.8.0's /api/jobs for status "cancelled", a status only newer servers know (400).
 KNOWN_CONSOLE_NOISE = (
     "Failed to load resource",
     "Error fetching file size: TypeError: Failed to fetch",
     "Cannot read properties of undefined (reading 'id')\n    at onChange",
+    "Error fetching jobs: JobsApiError: Failed to fetch jobs: 400",
 )
 
 
@@ -75,10 +79,10 @@ class LoadReport:
     """What the frontend made of a loaded workflow."""
 
     node_types: list[str]
-    missing_node_types: list[str]
+    missing_node_types: list[str]  # types the frontend has no definition for (LiteGraph's registry)
     node_count: int
-    missing_models_dialog: str | None  # the dialog's text when the frontend showed one
-    dialogs: list[str] = field(default_factory=list)
+    missing: MissingReport  # the missing nodes / models the frontend showed (dialogs or issues panel)
+    dialogs: list[str] = field(default_factory=list)  # every open dialog's text (and 1.5x's issues card) before reading
 
 
 class Browser:
@@ -153,32 +157,39 @@ class CanvasPage:
 
     def load_workflow(self, workflow: dict, settle: float = 10.0) -> LoadReport:
         """Load a UI-format workflow into the canvas with app.loadGraphData and report what was missing."""
-        # loadGraphData resolves after it has asked for the missing-nodes/models dialogs; they render a moment later.
+        # loadGraphData resolves after it has asked for the missing-nodes/models checks; their UI renders a moment later.
         self.page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-        dialogs = self.wait_for_stable_dialogs(settle)
+        shown = self.wait_for_stable_dialogs(settle)
         types = sorted({n["type"] for n in workflow.get("nodes", [])})
         known = set(self.registered_node_types())
-        models_dialog = next((d for d in dialogs if "model" in d.lower() and "missing" in d.lower()), None)
         return LoadReport(
             node_types=types,
             missing_node_types=[t for t in types if t not in known],
             node_count=self.node_count(),
-            missing_models_dialog=models_dialog,
-            dialogs=dialogs,
+            missing=read_missing_report(self.page),
+            dialogs=shown,
         )
 
     def wait_for_stable_dialogs(self, timeout: float = 10.0, quiet: float = 0.75) -> list[str]:
-        """The open dialogs' texts once they stopped changing for `quiet` seconds (at most `timeout`)."""
+        """The open dialogs' (and issues card's) texts once they stopped changing for `quiet` seconds (at most `timeout`)."""
         deadline = time.monotonic() + timeout
-        last, since = self.dialog_texts(), time.monotonic()
+        last, since = self.page.evaluate(STATE_JS), time.monotonic()
         while time.monotonic() < deadline:
             time.sleep(0.15)
-            now = self.dialog_texts()
+            now = self.page.evaluate(STATE_JS)
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet:
                 break
         return last
+
+    def refresh_node_definitions(self) -> None:
+        """The frontend's "Refresh node definitions" (key R): re-read /object_info, so combo lists show today's files.
+
+        Frontend 1.5x decides which model files are missing from those lists (loaded when the tab opened), 1.3x asked
+        the server's model folders at every load; after adding or removing a file, refresh as a user would.
+        """
+        self.page.evaluate("async () => { await window.app.refreshComboInNodes(); }")
 
     def clear_graph(self, settle: float = 0.5) -> None:
         """Empty the graph on the canvas (a blank baseline for screenshots)."""
@@ -203,7 +214,8 @@ class CanvasPage:
         )
 
     def close_dialogs(self) -> None:
-        """Close open dialogs (Escape), so a screenshot shows the canvas."""
+        """Close open dialogs (Escape) and frontend 1.5x's issues card and side panel, so a screenshot shows the canvas."""
+        close_issue_panel(self.page)
         for _ in range(3):
             if not self.dialog_texts():
                 return

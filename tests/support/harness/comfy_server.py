@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 PACK_NAME = "ComfyUI-WanMoE"
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras", "upscale_models")
 COMFYUI_DIR_ENV = "WANMOE_COMFYUI_DIR"
+FRONTEND_ROOT_ENV = "WANMOE_FRONTEND_ROOT"  # a frontend's static folder, passed as --front-end-root
 
 
 class ComfyBootError(ComfyError):
@@ -84,6 +85,9 @@ class ComfyServer:
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="wanmoe-comfy-"))
         self.python = python
+        frontend_root = os.environ.get(FRONTEND_ROOT_ENV)
+        if frontend_root and "--front-end-root" not in extra_args:
+            extra_args = (*extra_args, "--front-end-root", str(Path(frontend_root).expanduser().resolve()))
         self.extra_args = tuple(extra_args)
         self.boot_timeout = boot_timeout
         self.frontend_settings = frontend_settings
@@ -250,9 +254,11 @@ class ComfyServer:
         For tests whose expectation is that a file is missing: they pass alone and after any other test.
         """
         target = self.models_dir / folder / name
-        aside = target.with_name(f".aside-{os.getpid()}-{name}")
+        # Out of models/ altogether: ComfyUI lists every *.safetensors in a model folder, hidden names included.
+        aside = self.base_dir / "aside" / folder / name
         moved = target.exists() or target.is_symlink()
         if moved:
+            aside.parent.mkdir(parents=True, exist_ok=True)
             target.rename(aside)
         try:
             yield target
