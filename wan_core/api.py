@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Callable, Iterator
@@ -26,7 +26,8 @@ from .dit.sizes import activation_bytes, token_count
 from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
-from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .lora import read_lora
+from .requests import ContextWindows, LoraRequest, ModelRequest, TextEncoderRequest, VAERequest, window_problem
 from .sampling.placement import CachedExperts, dit_expert_spec
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
@@ -42,11 +43,11 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode",
-    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
-    "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for",
-    "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale",
-    "window_problem",
+    "ContextWindows", "LoraRequest", "ModelRequest", "TextEncoderRequest", "VAERequest", "add_loras",
+    "available_attention", "decode", "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem",
+    "frames_problem", "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling",
+    "plan_windows_for", "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem",
+    "upscale", "window_problem",
 ]
 
 log = logging.getLogger("wan_core.api")
@@ -180,12 +181,25 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
 
 
+def add_loras(model: ModelRequest, *, high: LoraRequest | None = None, low: LoraRequest | None = None) -> ModelRequest:
+    """`model` with a LoRA appended to the high-noise and/or low-noise expert's stack.
+
+    Each file is read (headers only) and checked against its expert's shapes now, so a LoRA that does not fit fails
+    at its node, naming the file and its first bad key, before anything loads."""
+    for lora, expert in ((high, model.high_noise_path), (low, model.low_noise_path)):
+        if lora is not None:
+            read_lora(lora.path, inspect_dit(expert).config)
+    return replace(model, loras_high=model.loras_high + ((high,) if high else ()),
+                   loras_low=model.loras_low + ((low,) if low else ()))
+
+
 def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
     """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
     compute = None if model.compute == "auto" else model.compute
     specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
-                             compute_dtype=compute, compile=model.compile, fp8_matmul=model.fp8_matmul)
-             for path in (model.high_noise_path, model.low_noise_path)]
+                             compute_dtype=compute, compile=model.compile, fp8_matmul=model.fp8_matmul,
+                             loras=[(lora.path, lora.strength) for lora in loras])
+             for path, loras in ((model.high_noise_path, model.loras_high), (model.low_noise_path, model.loras_low))]
     config = inspect_dit(model.high_noise_path).config
     working = activation_bytes(config, token_count(config, latent), batch)
     return CachedExperts(*specs, device=device, placement=model.placement, working_bytes=working)
