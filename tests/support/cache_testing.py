@@ -81,6 +81,13 @@ def specs(high: Path, low: Path, config: DiTConfig, counter: list | None = None,
                  for p in (high, low))
 
 
+def counting_loads(specs, loads: list, names: tuple[str, ...] = ("high", "low")) -> list[ExpertSpec]:
+    """The specs, each load appending its expert's name to `loads` (to count what was read from a file)."""
+    from dataclasses import replace
+
+    return [replace(s, load=lambda d, s=s, n=n: (loads.append(n), s.load(d))[1]) for s, n in zip(specs, names)]
+
+
 def inputs(config: DiTConfig, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """A small latent [1, 16, 1, 8, 8] and one 12-token text context."""
     g = torch.Generator().manual_seed(seed)

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..dit.loader import read_weights
 from ..dit.model import DiTConfig
-from ..io.checkpoint import Checkpoint, file_identity
+from ..io.checkpoint import Checkpoint
 from .delta import CHUNK_ELEMENTS, delta, low_rank, rows_of
 from .files import LoraFile, Patch, read_lora
 from .keys import expert_names

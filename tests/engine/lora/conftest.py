@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cache_testing import one_thread  # noqa: F401  (autouse: tiny models run fastest on one thread)
+
 from wan_core.dit.model import WanDiT
 from wan_core.testing.tiny import dit as tiny_dit
 from wan_core.testing.tiny import lora as tiny_lora
@@ -55,11 +57,3 @@ def lora_files(tmp_path_factory, content) -> dict[str, Path]:
     return {layout: tiny_lora.write_lora(folder / f"{layout}.safetensors", content, layout)
             for layout in tiny_lora.LAYOUTS}
 
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -12,7 +12,6 @@ from conftest import CONFIG, forward
 from wan_core.dit.loader import load_dit
 from wan_core.io.checkpoint import CheckpointError
 from wan_core.lora import apply_stack, lora_state, read_lora
-from wan_core.testing.tiny import dit as tiny_dit
 from wan_core.testing.tiny import lora as tiny_lora
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import CONFIG, dit_input, forward, model_from
-from wan_core.dit.keys import official_to_diffusers
+from diffusers_testing import reference_model, sinusoid_float64
 from wan_core.dit.loader import load_dit
 from wan_core.lora import apply_stack, read_lora
 from wan_core.testing.tiny import lora as tiny_lora
@@ -114,38 +114,15 @@ def test_keys_that_match_nothing_are_named_in_one_warning(tmp_path, content, cap
 
 
 # --- PEFT against diffusers' own loader --------------------------------------------------------------------------
-def diffusers_model(sd):
-    from diffusers import WanTransformer3DModel
-
-    model = WanTransformer3DModel(
-        patch_size=CONFIG.patch_size, num_attention_heads=CONFIG.num_heads, attention_head_dim=CONFIG.head_dim,
-        in_channels=CONFIG.in_dim, out_channels=CONFIG.out_dim, text_dim=CONFIG.text_dim, freq_dim=CONFIG.freq_dim,
-        ffn_dim=CONFIG.ffn_dim, num_layers=CONFIG.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        eps=CONFIG.eps, rope_max_seq_len=1024)
-    model.load_state_dict({official_to_diffusers(k): v for k, v in sd.items()}, strict=True)
-    return model.eval()
-
-
-def float64_sinusoid(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1, max_period=10000):
-    """diffusers' get_timestep_embedding in float64, as the official code (and ours) computes it."""
-    import math
-
-    half = embedding_dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / (half - downscale_freq_shift))
-    angles = scale * timesteps.to(torch.float64)[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-    return torch.cat([emb[:, half:], emb[:, :half]], dim=-1) if flip_sin_to_cos else emb
-
-
 @torch.no_grad()
 def test_peft_lora_matches_diffusers_load_lora_adapter(tmp_path, base_sd, expert_file, monkeypatch):
     from diffusers.models import embeddings
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(embeddings, "get_timestep_embedding", float64_sinusoid)
+    monkeypatch.setattr(embeddings, "get_timestep_embedding", sinusoid_float64)
     pairs_only = tiny_lora.random_lora(CONFIG, rank=4, alpha=None, seed=2, diffs=False)
     path = tiny_lora.write_lora(tmp_path / "peft.safetensors", pairs_only, "peft")
-    reference = diffusers_model(base_sd)
+    reference = reference_model(CONFIG, base_sd)
     reference.load_lora_adapter(load_file(str(path)), prefix="transformer", adapter_name="tiny")
     x, t, context = dit_input()
     padded = torch.zeros(1, 512, CONFIG.text_dim)

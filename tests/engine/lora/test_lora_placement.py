@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cache_testing import one_thread  # noqa: F401  (autouse: one thread for tiny models)
+from cache_testing import counting_loads
 from conftest import CONFIG
 from wan_core.dit.loader import load_dit
 from wan_core.io.checkpoint import CheckpointError
@@ -44,12 +44,10 @@ def reference(setup, high_strength: float, low_strength: float):
 
 def experts(setup, placement, cache, high_strength=1.0, low_strength=1.0, loads=None):
     high, low, loras, _ = setup
-    from dataclasses import replace
-
     specs = [dit_expert_spec(high, device="cpu", loras=[(str(loras["high"]), high_strength)]),
              dit_expert_spec(low, device="cpu", loras=[(str(loras["low"]), low_strength)])]
     if loads is not None:
-        specs = [replace(s, load=lambda d, s=s, n=n: (loads.append(n), s.load(d))[1]) for s, n in zip(specs, ("high", "low"))]
+        specs = counting_loads(specs, loads)
     return CachedExperts(*specs, device="cpu", placement=placement, cache=cache)
 
 

@@ -13,7 +13,7 @@ from wan_core.sampling.placement import CachedExperts, dit_expert_spec
 from wan_core.sampling.sampler import sample_moe
 from wan_core.testing.tiny.dit import TINY_DIT_CONFIG, random_state_dict, write_single_file
 
-from cache_testing import Cancelled, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from cache_testing import Cancelled, counting_loads, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 SHAPE = (1, 16, 1, 8, 8)
 RUN = dict(shape=SHAPE, seed=3, steps=4, device="cpu")
@@ -36,9 +36,7 @@ def experts_for(setup, placement: str, cache: ModelCache, loads: list | None = N
     high, low = setup[0], setup[1]
     specs = [dit_expert_spec(high, device="cpu"), dit_expert_spec(low, device="cpu", weight_dtype=low_dtype)]
     if loads is not None:
-        from dataclasses import replace
-
-        specs = [replace(s, load=lambda d, s=s, n=n: (loads.append(n), s.load(d))[1]) for s, n in zip(specs, ("high", "low"))]
+        specs = counting_loads(specs, loads)
     return CachedExperts(*specs, device="cpu", placement=placement, cache=cache)
 
 
