@@ -116,6 +116,7 @@ def apply_stack(model: nn.Module, stack: LoraStack, *, base_path: str | Path, we
         _record(state, target, wanted)
     _restore_and_merge(model, state, exact, wanted, opened, work)
     model.lora_state = state
+    getattr(model, "forget_text", lambda: None)()  # text keys/values kept from the old weights are stale
     log.info("LoRA on %s: %s; %d parameters merged, %d run-time terms", Path(base_path).name,
              ", ".join(f"{lora.name} x{s:g}" for lora, s in files.values()) or "none",
              len(state.merged), sum(len(v) for v in state.runtime.values()))
