@@ -418,20 +418,21 @@ def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dty
     return model.eval()
 
 
-def read_weights(path: str | Path, names: Iterable[str], *, device: torch.device | str,
-                 weight_dtype: str = "auto") -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for full-precision parameters `names`, bit for bit as `load_dit` assigns them, one at a time.
+def read_weights(path: str | Path, names: Iterable[str], *, device: torch.device | str, weight_dtype: str = "auto",
+                 compute_dtype: torch.dtype | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for full-precision parameters `names`, bit for bit as `load_dit` with the same weight_dtype and
+    compute_dtype assigns them (weights converted at load included), one at a time.
 
     For restoring weights changed in place (a LoRA merged into them) without loading the whole expert again.
     Layers the load keeps in a quantised format are not full-precision parameters and are refused.
     """
     device = torch.device(device)
-    target, _ = _resolve_dtypes(weight_dtype, None, device)
+    target, compute = _resolve_dtypes(weight_dtype, compute_dtype, device)
     opened = _open(path)
     with torch.device("meta"):
         model = WanDiT(config_from_tensors(opened.ckpt, Path(opened.ckpt.path)))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    plan = _plan(opened, model, expected, target)
+    plan = _plan(opened, model, expected, target, compute)
     reader = TensorReader(opened.ckpt, opened.source, device)
     count = 0
     try:

@@ -200,7 +200,8 @@ def _restore_and_merge(model: nn.Module, state: LoraState, exact: list[str], wan
             model.get_parameter(target).data.copy_(state.backups[target])
     if from_file:
         device = model.get_parameter(from_file[0]).device
-        for target, original in read_weights(state.base_path, from_file, device=device, weight_dtype=state.weight_dtype):
+        for target, original in read_weights(state.base_path, from_file, device=device, weight_dtype=state.weight_dtype,
+                                             compute_dtype=model.compute_dtype):
             model.get_parameter(target).data.copy_(original)
             del original
     for target in exact:
