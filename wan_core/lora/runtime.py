@@ -3,7 +3,8 @@
 A quantised Linear (fp8 here; any module with `dequantized_weight`, e.g. GGUF or packed formats) keeps its
 stored bytes: re-quantising a merged weight would lose the LoRA in fp8 rounding, and dropping it would be
 silent. Each LoRA on such a layer is a child module in `layer.lora_terms` (so it moves, swaps and streams
-with the layer) and one forward hook adds their outputs. A low-rank pair costs rank x (in + out) numbers and
+with the layer); the layer's own forward adds their outputs (io.quant.linear.DequantLinear.plus_terms: inside
+forward, not a hook, so torch.compile sees terms added or removed after compiling). A low-rank pair costs rank x (in + out) numbers and
 two thin matmuls per call; other patch families (LoHa, LoKr, full deltas) are kept as a dense delta of the
 layer's shape in its compute dtype.
 """
@@ -14,10 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..io.quant.linear import DequantLinear
+
 
 def is_quantised(module: nn.Module) -> bool:
-    """True for Linears whose weight is stored in a quantised format (they compute through dequantized_weight)."""
-    return hasattr(module, "dequantized_weight")
+    """True for Linears whose weight is stored in a quantised format (DequantLinear: they add `lora_terms`)."""
+    return isinstance(module, DequantLinear)
 
 
 class LowRankTerm(nn.Module):
@@ -45,13 +48,6 @@ class DenseTerm(nn.Module):
         return F.linear(x, self.delta.to(x.dtype)) * self.strength
 
 
-def _add_terms(layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    x = args[0].to(layer.compute_dtype)
-    for term in layer.lora_terms.values():
-        output = output + term(x).to(output.dtype)
-    return output
-
-
 def set_term(layer: nn.Module, name: str, term: nn.Module | None) -> None:
     """Add, replace (`term`) or remove (None) the run-time term `name` of a quantised Linear."""
     terms = layer._modules.get("lora_terms")
@@ -59,14 +55,12 @@ def set_term(layer: nn.Module, name: str, term: nn.Module | None) -> None:
         if term is None:
             return
         terms = layer.lora_terms = nn.ModuleDict()
-        layer._lora_hook = layer.register_forward_hook(_add_terms)
     if term is not None:
         terms[name] = term
     elif name in terms:
         del terms[name]
     if not len(terms):
-        layer._lora_hook.remove()
-        del layer._lora_hook, layer.lora_terms
+        del layer.lora_terms
 
 
 def term_of(layer: nn.Module, name: str) -> nn.Module | None:
