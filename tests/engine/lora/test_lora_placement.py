@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cache_testing import counting_loads
+from cache_testing import cpu_experts
 from conftest import CONFIG
 from wan_core.dit.loader import load_dit
 from wan_core.io.checkpoint import CheckpointError
@@ -46,9 +46,7 @@ def experts(setup, placement, cache, high_strength=1.0, low_strength=1.0, loads=
     high, low, loras, _ = setup
     specs = [dit_expert_spec(high, device="cpu", loras=[(str(loras["high"]), high_strength)]),
              dit_expert_spec(low, device="cpu", loras=[(str(loras["low"]), low_strength)])]
-    if loads is not None:
-        specs = counting_loads(specs, loads)
-    return CachedExperts(*specs, device="cpu", placement=placement, cache=cache)
+    return cpu_experts(specs, placement, cache, loads)
 
 
 @pytest.mark.parametrize("placement", ["resident", "swap", "stream"])

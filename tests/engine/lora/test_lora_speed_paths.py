@@ -18,7 +18,6 @@ import torch
 import wan_core.dit.model as dit_model
 from conftest import dit_input
 from wan_core.dit.loader import load_dit
-from wan_core.io.quant import Fp8Linear
 from wan_core.io.quant.fp8 import use_fp8_matmul
 from wan_core.lora import apply_stack
 from wan_core.memory.budget import GiB, MemoryBudget
