@@ -148,3 +148,10 @@ def not_listed(folder: str, name: str, choices: list[str]) -> str | None:
     if not choices:
         return f"no model files found in the {folder} folder ({where}); put '{name}' there and refresh (press R)"
     return f"'{name}' is not in the {folder} folder ({where}); download it there or pick one of the listed files"
+
+
+def lora_choices() -> list[str]:
+    """"None" (no LoRA on that expert) and the files in ComfyUI's loras folders."""
+    from ..wan_core.config import NO_LORA
+
+    return [NO_LORA] + folder_paths.get_filename_list("loras")

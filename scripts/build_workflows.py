@@ -16,8 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from wan_core.config import (  # noqa: E402
-    COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH, WINDOW_FRAMES,
-    WINDOW_OVERLAP,
+    COMFY_FILES, FPS, FRAMES, GUIDE_HIGH, GUIDE_LOW, HEIGHT, LIGHTNING_CFG, LIGHTNING_LORAS, LIGHTNING_SHIFT,
+    LIGHTNING_STEPS, NEGATIVE_PROMPT, SHIFT, STEPS, WIDTH, WINDOW_FRAMES, WINDOW_OVERLAP,
 )
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
@@ -35,6 +35,7 @@ DOWNLOADS = {  # public file name -> (model folder, download URL)
     COMFY_FILES["t5_fp8"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp8']}"),
     COMFY_FILES["vae"]: ("vae", f"{HF_22}/vae/{COMFY_FILES['vae']}"),
     UPSCALER: ("upscale_models", "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
+    **{name: ("loras", f"{HF_22}/loras/{name}") for name in LIGHTNING_LORAS.values()},
 }
 PROMPT = ("A red fox trots through fresh snow in a sunlit birch forest, its breath steaming in the cold air; the camera "
           "tracks it at eye level, shallow depth of field, soft golden morning light, cinematic.")
@@ -44,6 +45,7 @@ SEED_CONTROL = "fixed"
 # Socket types of each node's inputs/outputs, for the UI file's slot records (name, type).
 SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "WanMoEModelLoader": ([], [("model", "WANMOE_MODEL")]),
+    "WanMoELoraLoader": ([("model", "WANMOE_MODEL")], [("model", "WANMOE_MODEL")]),
     "WanMoETextEncoderLoader": ([], [("text_encoder", "WANMOE_TEXT_ENCODER")]),
     "WanMoETextEncode": ([("text_encoder", "WANMOE_TEXT_ENCODER")], [("positive", "CONDITIONING"), ("negative", "CONDITIONING")]),
     "WanMoEEmptyLatent": ([], [("LATENT", "LATENT")]),
@@ -253,6 +255,30 @@ def t2v_long_graph(*, frames: int, note_extra: str, prefix: str) -> list[Node]:
     return nodes + [windows, note]
 
 
+def lightning_graph(*, prefix: str, note_extra: str) -> list[Node]:
+    """Text-to-video with the Lightning 4-step LoRA pair: model loader -> WanMoELoraLoader (high + low LoRA at 1.0)
+    -> sampler at 4 Euler steps, shift 5, cfg 1 on both experts -> VAE decode -> CreateVideo -> SaveVideo."""
+    nodes = t2v_nodes(high=COMFY_FILES["high_fp8"], low=COMFY_FILES["low_fp8"], t5=COMFY_FILES["t5_fp8"],
+                      t5_device="cpu", width=WIDTH, height=HEIGHT, placement="auto")
+    model, sampler = nodes[0], nodes[4]
+    lora = Node(11, "WanMoELoraLoader", {"model": (model, 0), "lora_high": LIGHTNING_LORAS["high"], "strength_high": 1.0,
+                                         "lora_low": LIGHTNING_LORAS["low"], "strength_low": 1.0},
+                pos=(460, 80), size=(420, 180), title="Lightning 4-step LoRAs",
+                models=(LIGHTNING_LORAS["high"], LIGHTNING_LORAS["low"]))
+    sampler.inputs.update(model=(lora, 0), steps=LIGHTNING_STEPS, cfg_high=LIGHTNING_CFG, cfg_low=LIGHTNING_CFG,
+                          shift=LIGHTNING_SHIFT, sampler="euler")
+    nodes.insert(1, lora)
+    nodes += video_nodes((nodes[-1], 0), prefix, x=1300)
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(nodes), note_extra)}, pos=(40, 480), size=(380, 300),
+                title="Model files")
+    return nodes + [note]
+
+
+LIGHTNING_NOTE = ("Lightning 4-step distillation (ModelTC/Wan2.2-Lightning V1.1): one LoRA per expert at strength 1.0, "
+                  "4 Euler steps at shift 5 and cfg 1.0 on both experts (no negative pass). The sampler feeds the "
+                  "timesteps the LoRAs were distilled on, 1000, 937.5 (high-noise) and 833.3, 625 (low-noise): "
+                  "8 DiT passes instead of 80. On the fp8 experts the LoRAs run as low-rank terms beside the fp8 "
+                  "weights; on fp16/bf16 experts they are merged into the weights.")
 UPSCALE_NOTE = ("Generates at 832x480 (fp8 experts, text encoder on the CPU), then 'Wan2.2 Video Upscale' makes "
                 "exactly {w}x{h} (centre crop to the aspect ratio) in tiles and frame chunks sized to free memory, "
                 "with its temporal stabiliser and colour fix. For 1080p set width 1920 and height 1080. "
@@ -337,6 +363,8 @@ def all_workflows() -> dict[str, list[Node]]:
                        "81 frames (what Wan2.2 is trained on) that share at least 16 frames, blended smoothly; memory "
                        "per step follows the window. For more frames raise the latent's length (4n+1). To continue "
                        "a finished clip instead, see docs/long_video.md (Wan2.2 Extend Latent / Extend Join)."),
+        "wan22_t2v_a14b_lightning_4step": lightning_graph(prefix="video/wan22_t2v_lightning_720p",
+                                                          note_extra=LIGHTNING_NOTE),
         "wan22_t2v_a14b_upscale": t2v_upscale_graph(
             target=(WIDTH, HEIGHT), upscale_model=None, prefix="video/wan22_t2v_upscale_720p",
             note_extra=UPSCALE_NOTE.format(w=WIDTH, h=HEIGHT) + " Without an upscale model the frames are resampled "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Callable, Iterator
@@ -26,7 +26,8 @@ from .dit.sizes import token_count
 from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
-from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .lora import read_lora
+from .requests import ContextWindows, LoraRequest, ModelRequest, TextEncoderRequest, VAERequest, window_problem
 from .dit.model import DiTConfig
 from .interop import comfy_step_inputs, velocity_from_denoised, velocity_of
 from .parallel import plan as parallel_plan
@@ -48,12 +49,12 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "DiTConfig", "ExpertSource", "ModelRequest", "TextEncoderRequest", "VAERequest",
-    "available_attention", "comfy_step_inputs", "decode", "default_gpus", "empty_latent", "encode", "encode_prompts",
-    "extend_latent", "extend_problem", "frames_problem", "free_device_memory", "join_continuation", "latent_to_rgb",
-    "load_upscale_model", "plan_sampling", "plan_windows_for", "release_models", "sample", "sample_with",
-    "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale", "velocity_from_denoised", "velocity_of",
-    "window_problem",
+    "ContextWindows", "DiTConfig", "ExpertSource", "LoraRequest", "ModelRequest", "TextEncoderRequest", "VAERequest",
+    "add_loras", "available_attention", "comfy_step_inputs", "decode", "default_gpus", "empty_latent", "encode",
+    "encode_prompts", "extend_latent", "extend_problem", "frames_problem", "free_device_memory", "join_continuation",
+    "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for", "release_models", "sample",
+    "sample_with", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale", "velocity_from_denoised",
+    "velocity_of", "window_problem",
 ]
 
 log = logging.getLogger("wan_core.api")
@@ -189,13 +190,30 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
 
 
+def add_loras(model: ModelRequest, *, high: LoraRequest | None = None, low: LoraRequest | None = None) -> ModelRequest:
+    """`model` with a LoRA appended to the high-noise and/or low-noise expert's stack.
+
+    Each file is read (headers only) and checked against its expert's shapes now, so a LoRA that does not fit fails
+    at its node, naming the file and its first bad key, before anything loads."""
+    for lora, expert in ((high, model.high_noise_path), (low, model.low_noise_path)):
+        if lora is not None:
+            read_lora(lora.path, inspect_dit(expert).config)
+    return replace(model, loras_high=model.loras_high + ((high,) if high else ()),
+                   loras_low=model.loras_low + ((low,) if low else ()))
+
+
 def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], schedule: Schedule,
              check_cancel: Callable[[], None] | None):
-    """The two experts as the sampler's ExpertSource: on `model.gpus` ranks (parallel), else placed on `device`
-    by the request's policy (auto/resident/swap/stream)."""
+    """The two experts as the sampler's ExpertSource, each with its LoRA stack: on `model.gpus` ranks (parallel),
+    else placed on `device` by the request's policy (auto/resident/swap/stream)."""
+    loras = {name: tuple((lora.path, lora.strength) for lora in stack)
+             for name, stack in (("loras_high", model.loras_high), ("loras_low", model.loras_low))}
+    if model.placement == SHARD and any(loras.values()):
+        raise ValueError("placement 'shard' does not apply LoRAs: choose placement auto (with gpus 2 or more every "
+                         "rank holds the whole experts with their LoRAs) or remove the WanMoELoraLoader")
     settings = dict(high_path=model.high_noise_path, low_path=model.low_noise_path, weight_dtype=model.weight_dtype,
                     placement=model.placement, attention=model.attention, compute=model.compute,
-                    compile=model.compile, fp8_matmul=model.fp8_matmul)
+                    compile=model.compile, fp8_matmul=model.fp8_matmul, **loras)
     tokens, batch = token_count(inspect_dit(model.high_noise_path).config, latent), latent[0]
     if model.gpus > 1 or model.placement == SHARD:
         experts = parallel_experts(settings, gpus=model.gpus, device=device, tokens=tokens, batch=batch,

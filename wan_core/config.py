@@ -38,6 +38,15 @@ COMFY_FILES = {
     "vae": "wan_2.1_vae.safetensors",
 }
 
+# The Lightning 4-step distillation LoRA pair (ModelTC/Wan2.2-Lightning V1.1, Comfy-Org's repackaged names) and the
+# settings it was distilled for: 4 Euler steps at shift 5, guidance 1 on both experts (t = 1000, 937.5 | 833.3, 625).
+LIGHTNING_LORAS = {
+    "high": "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+    "low": "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors",
+}
+LIGHTNING_STEPS, LIGHTNING_SHIFT, LIGHTNING_CFG = 4, 5.0, 1.0
+NO_LORA = "None"  # the LoRA loader's entry for "no LoRA on this expert"
+
 
 # --- option tables ------------------------------------------------------------------------------------------
 # DiT weight storage: "auto" keeps each file's stored precision (scaled fp8 included).

@@ -15,8 +15,22 @@ from .config import (COMPUTE_OPTIONS, ENCODER_DTYPES, FUSE_METHODS, MAX_GPUS, MO
 
 
 @dataclass(frozen=True)
+class LoraRequest:
+    """One LoRA file on one expert at a strength (negative subtracts it; 0 applies nothing)."""
+
+    path: str
+    strength: float = 1.0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.strength, (int, float)) and math.isfinite(self.strength)):
+            raise ValueError(f"LoRA strength must be a finite number; got {self.strength!r}")
+
+
+@dataclass(frozen=True)
 class ModelRequest:
-    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary, GPUs."""
+    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary, GPUs,
+    and each expert's LoRA stack (applied in order)."""
 
     high_noise_path: str
     low_noise_path: str
@@ -30,8 +44,13 @@ class ModelRequest:
     compile: bool = False  # torch.compile of the transformer blocks
     fp8_matmul: bool = False  # e4m3 weights multiplied in fp8 (torch._scaled_mm) instead of dequantised
     gpus: int = 1  # processes (GPUs) every DiT call runs on (wan_core.parallel)
+    loras_high: tuple[LoraRequest, ...] = ()
+    loras_low: tuple[LoraRequest, ...] = ()
 
     def __post_init__(self) -> None:
+        for stack in (self.loras_high, self.loras_low):
+            if not isinstance(stack, tuple) or not all(isinstance(item, LoraRequest) for item in stack):
+                raise TypeError(f"LoRA stacks must be tuples of LoraRequest; got {stack!r}")
         choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))
         choice("compute dtype", self.compute, COMPUTE_OPTIONS)
         choice("placement", self.placement, MODEL_PLACEMENTS)

@@ -25,6 +25,13 @@ EXPECTED_INPUTS = {
         ("low_noise_model", "MODEL", {}),
         ("boundary", "FLOAT", {"default": 0.875, "min": 0.0, "max": 1.0}),
     ],
+    "WanMoELoraLoader": [
+        ("model", "WANMOE_MODEL", {}),
+        ("lora_high", "COMBO", {"default": "None"}),
+        ("strength_high", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0}),
+        ("lora_low", "COMBO", {"default": "None"}),
+        ("strength_low", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0}),
+    ],
     "WanMoETextEncoderLoader": [
         ("text_encoder", "COMBO", {"default": "umt5_xxl_fp16.safetensors"}),
         ("device", "COMBO", {"default": "gpu", "options": ["gpu", "cpu"]}),
@@ -104,6 +111,7 @@ EXPECTED_INPUTS = {
 EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
     "WanMoEModelLoader": (["WANMOE_MODEL"], ["model"]),
     "WanMoEModelFromComfy": (["WANMOE_MODEL"], ["model"]),
+    "WanMoELoraLoader": (["WANMOE_MODEL"], ["model"]),
     "WanMoETextEncoderLoader": (["WANMOE_TEXT_ENCODER"], ["text_encoder"]),
     "WanMoETextEncode": (["CONDITIONING", "CONDITIONING"], ["positive", "negative"]),
     "WanMoEEmptyLatent": (["LATENT"], ["LATENT"]),
@@ -200,3 +208,9 @@ def test_model_loader_lists_single_files_and_official_expert_folders(comfy_serve
     assert "wanmoe_schema_official/high_noise_model/diffusion_pytorch_model.safetensors.index.json" in options
     assert "wanmoe_schema_single.safetensors" in options
     assert f"wanmoe_schema_official/high_noise_model/{shard}" not in options
+
+
+def test_lora_loader_lists_none_first_then_the_loras_folder(comfy_server, comfy_client):
+    comfy_server.add_model("loras", b"", "wanmoe_schema_lora.safetensors")
+    options = comfy_client.object_info("WanMoELoraLoader")["input"]["required"]["lora_high"][1]["options"]
+    assert options[0] == "None" and "wanmoe_schema_lora.safetensors" in options

@@ -23,7 +23,7 @@ from wan_core.memory.cache import CacheKey  # noqa: E402
 from wan_core.dit.model import DiTConfig, WanDiT  # noqa: E402
 from wan_core.memory.budget import module_bytes  # noqa: E402
 from wan_core.testing.measure import PeakRSS  # noqa: E402
-from wan_core.sampling.placement import ExpertSpec  # noqa: E402
+from wan_core.sampling.placement import CachedExperts, ExpertSpec  # noqa: E402
 
 TINY = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=3, text_len=16)
 # About 186 MB of float32 weights per expert: large enough that interpreter noise does not matter.
@@ -79,6 +79,19 @@ def specs(high: Path, low: Path, config: DiTConfig, counter: list | None = None,
     stream = stream_bytes_for(config, 4)
     return tuple(ExpertSpec(CacheKey.for_file("dit", p, **settings), file_loader(p, config, counter), size, stream)
                  for p in (high, low))
+
+
+def counting_loads(specs, loads: list, names: tuple[str, ...] = ("high", "low")) -> list[ExpertSpec]:
+    """The specs, each load appending its expert's name to `loads` (to count what was read from a file)."""
+    from dataclasses import replace
+
+    return [replace(s, load=lambda d, s=s, n=n: (loads.append(n), s.load(d))[1]) for s, n in zip(specs, names)]
+
+
+def cpu_experts(specs, placement: str, cache, loads: list | None = None) -> CachedExperts:
+    """CachedExperts on the CPU over (high, low) `specs`, their loads counted into `loads` when given."""
+    return CachedExperts(*(counting_loads(specs, loads) if loads is not None else specs), device="cpu",
+                         placement=placement, cache=cache)
 
 
 def inputs(config: DiTConfig, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -48,10 +48,11 @@ def workflow_model_files(stem: str) -> list[tuple[str, str]]:
 
 def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
     """A tiny random checkpoint for each (folder, public name): Wan files as `make demo` writes them, the upscale
-    model from wan_core.testing.tiny.upscaler, classifier and LLM folders from tiny.classifier / tiny.llm. Files
-    already there are kept (their cache identity stays the same)."""
-    from wan_core.config import COMFY_FILES
-    from wan_core.testing.tiny import classifier, llm, upscaler
+    model from wan_core.testing.tiny.upscaler, classifier and LLM folders from tiny.classifier / tiny.llm, the
+    Lightning LoRA pair from tiny.lora (fitting the tiny experts). Files already there are kept (their cache identity
+    stays the same)."""
+    from wan_core.config import COMFY_FILES, LIGHTNING_LORAS
+    from wan_core.testing.tiny import classifier, llm, lora, upscaler
 
     for folder, name in files:
         path = server.models_dir / folder / name
@@ -66,6 +67,8 @@ def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
             classifier.write_classifier_folder(path)
         elif folder == "LLM":
             llm.write_llm_folder(path)
+        elif folder == "loras" and name in LIGHTNING_LORAS.values():
+            lora.write_lightning_file(path, role=next(r for r, n in LIGHTNING_LORAS.items() if n == name))
         else:
             raise ValueError(f"no tiny writer for {folder}/{name}")
 

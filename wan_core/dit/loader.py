@@ -5,16 +5,19 @@ or without a `model.diffusion_model.` / `model.` prefix, diffusers `WanTransform
 plain or scaled fp8 files (both Comfy formats). The configuration comes from the tensor shapes (and
 an official config.json for the head count), never from the file name. The model is built on the
 meta device and each parameter is read from disk straight into its final tensor, so RAM never holds
-a second copy of the weights.
+a second copy of the weights. `read_weights` re-reads chosen parameters exactly as loaded (to restore weights a
+LoRA changed in place); every read is logged ("dit loader: read N tensors of FILE").
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -30,6 +33,7 @@ from ..io.reader import TensorReader
 from .keys import diffusers_to_official, is_diffusers_layout
 from .model import FP32_MODULES, DiTConfig, WanDiT
 
+log = logging.getLogger("wan_core.dit.loader")
 PREFIXES = ("model.diffusion_model.", "model.")
 _BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
 _EXPECTED = ("Expected a Wan2.2-T2V-A14B expert: an official high_noise_model/ or low_noise_model/ folder, or a "
@@ -405,9 +409,42 @@ def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dty
             _fill(model, name, plan, opened, reader, shape)
     finally:
         reader.close()
+    log.info("dit loader: read %d tensors of %s", len(expected), path.name)
 
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
         raise CheckpointError(f"{path}: tensors {', '.join(left[:5])} were not filled; this is a bug in the loader.")
     model.compute_dtype = compute
     return model.eval()
+
+
+def read_weights(path: str | Path, names: Iterable[str], *, device: torch.device | str, weight_dtype: str = "auto",
+                 compute_dtype: torch.dtype | str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for full-precision parameters `names`, bit for bit as `load_dit` with the same weight_dtype and
+    compute_dtype assigns them (weights converted at load included), one at a time.
+
+    For restoring weights changed in place (a LoRA merged into them) without loading the whole expert again.
+    Layers the load keeps in a quantised format are not full-precision parameters and are refused.
+    """
+    device = torch.device(device)
+    target, compute = _resolve_dtypes(weight_dtype, compute_dtype, device)
+    opened = _open(path)
+    with torch.device("meta"):
+        model = WanDiT(config_from_tensors(opened.ckpt, Path(opened.ckpt.path)))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    plan = _plan(opened, model, expected, target, compute)
+    reader = TensorReader(opened.ckpt, opened.source, device)
+    count = 0
+    try:
+        for name in names:
+            layer = name.rpartition(".")[0]
+            if layer in plan.fp8 or layer in plan.packed:
+                raise ValueError(f"'{name}' is kept quantised by this load; it is not a full-precision weight")
+            _fill(model, name, plan, opened, reader, expected[name])
+            count += 1
+            value = model.get_parameter(name).data
+            _assign(model, name, torch.empty(expected[name], dtype=value.dtype, device="meta"))
+            yield name, value
+    finally:
+        reader.close()
+        log.info("dit loader: read %d tensors of %s", count, Path(opened.ckpt.path).name)

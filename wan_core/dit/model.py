@@ -312,7 +312,8 @@ class WanDiT(nn.Module):
     def compile_blocks(self, enabled: bool = True, **options) -> None:
         """Run each transformer block through `torch.compile` (options such as mode=, backend= go to it), or back
         eagerly. Per-step values (timestep, latent) are tensors, not guards, so steps do not recompile; weights
-        changed in place (a merged LoRA) keep the compiled code, swapped modules (run-time LoRA) compile once."""
+        changed in place (a merged LoRA) keep the compiled code; run-time LoRA terms added, removed or re-weighted later
+        are read in the Linears' forward, so the guards see them and the blocks recompile (tests/engine/lora)."""
         for block in self.blocks:
             eager = block.__dict__.pop("_eager_forward", None)
             if eager is not None:

@@ -37,40 +37,24 @@ from .budget import MemoryBudget, NotEnoughMemoryError, free_bytes, gib, is_out_
 from .keys import CacheKey, CacheStats, CacheStatus, Entry, EntryStatus, held_by_tier
 from .offload import BlockStreamer, discard_module, move_module
 
-__all__ = ["CacheKey", "CacheStats", "CacheStatus", "EntryStatus", "FreeMemoryCallback", "Loader", "ModelCache",
+__all__ = ["CacheKey", "CacheStats", "CacheStatus", "EntryStatus", "FreeMemoryCallback", "Loader", "ModelCache", "Reuse",
            "get_cache", "release_all", "set_free_memory_callback"]
 
 log = logging.getLogger("wan_core.memory.cache")
 
 Loader = Callable[[torch.device], nn.Module]
+Reuse = Callable[[nn.Module], None]  # turns a loaded module of one variant into another, in place
 FreeMemoryCallback = Callable[[int, torch.device], None]
 
 
-class ModelCache:
-    """Loaded models keyed by CacheKey, kept inside a MemoryBudget with LRU eviction (see module docstring)."""
+class _CacheViews:
+    """Read-only views of a cache's entries (what is held where), for callers and status lines."""
 
-    def __init__(self, budget: MemoryBudget | None = None, *,
-                 free_fn: Callable[[torch.device], int] = free_bytes) -> None:
-        self._budget = budget
-        self._free_fn = free_fn
-        self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
-        self._lock = threading.RLock()
-        self._stats = CacheStats()
-        self._free_callback: FreeMemoryCallback | None = None
+    _entries: OrderedDict[CacheKey, Entry]
+    _lock: threading.RLock
+    _stats: CacheStats
+    budget: MemoryBudget
 
-    # --- configuration -------------------------------------------------------------------------------
-    @property
-    def budget(self) -> MemoryBudget:
-        """The budgets in force (automatic from the device and the system unless set)."""
-        if self._budget is None:
-            self._budget = MemoryBudget.auto()
-        return self._budget
-
-    def set_free_memory_callback(self, fn: FreeMemoryCallback | None) -> None:
-        """Register `fn(bytes, device)`, called before weights go onto a device whose free memory is short."""
-        self._free_callback = fn
-
-    # --- queries -------------------------------------------------------------------------------------
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 
@@ -100,30 +84,59 @@ class ModelCache:
         with self._lock:
             return CacheStatus(tuple(EntryStatus.of(e) for e in self._entries.values()), self.held(), self.budget)
 
+
+class ModelCache(_CacheViews):
+    """Loaded models keyed by CacheKey, kept inside a MemoryBudget with LRU eviction (see module docstring)."""
+
+    def __init__(self, budget: MemoryBudget | None = None, *,
+                 free_fn: Callable[[torch.device], int] = free_bytes) -> None:
+        self._budget = budget
+        self._free_fn = free_fn
+        self._entries: OrderedDict[CacheKey, Entry] = OrderedDict()
+        self._lock = threading.RLock()
+        self._stats = CacheStats()
+        self._free_callback: FreeMemoryCallback | None = None
+
+    # --- configuration and measures ---------------------------------------------------------------------
+    @property
+    def budget(self) -> MemoryBudget:
+        """The budgets in force (automatic from the device and the system unless set)."""
+        if self._budget is None:
+            self._budget = MemoryBudget.auto()
+        return self._budget
+
+    def set_free_memory_callback(self, fn: FreeMemoryCallback | None) -> None:
+        """Register `fn(bytes, device)`, called before weights go onto a device whose free memory is short."""
+        self._free_callback = fn
+
     def free_memory(self, device: torch.device | str) -> int:
         """Measured free memory of the pool holding `device`."""
         return self._free_fn(torch.device(device))
 
     # --- getting models ------------------------------------------------------------------------------
     def get(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
-            pin: bool = False, lock: bool = False) -> nn.Module:
-        """The model for `key` on `device`: cached (moved if needed) or loaded with `load(device)`.
+            pin: bool = False, lock: bool = False, reuse: Reuse | None = None) -> nn.Module:
+        """The model for `key` on `device`: cached (moved if needed), made from another variant, or loaded.
 
         `size_bytes` is what the loaded weights will take (made room for before loading); `lock` also
-        locks the entry (see `lock`). Raises NotEnoughMemoryError when the budget or the measured free
-        memory cannot hold it.
+        locks the entry (see `lock`). `reuse(module)`, when given, turns an idle entry of another variant of
+        the same base (see CacheKey.variant) into this key's weights in place, before any load is tried.
+        Raises NotEnoughMemoryError when the budget or the measured free memory cannot hold it.
         """
         device = torch.device(device)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
-                self._entries.move_to_end(key)
                 self._stats.hits += 1
+            elif reuse is not None:
+                entry = self._reused(key, reuse, device, pin)
+            if entry is not None:
+                self._entries.move_to_end(key)
                 self._place(entry, device, pin)
                 entry.locks += int(lock)
                 return entry.module
             self._make_room(size_bytes, device, exclude=(key,), what=key.label)
-            with self._oom_as_ours(f"loading {key.label}", size_bytes, device):
+            with _oom_as_ours(self, f"loading {key.label}", size_bytes, device):
                 module = load(device)
             entry = Entry(key, module, size_bytes, locks=int(lock))
             self._entries[key] = entry
@@ -136,7 +149,7 @@ class ModelCache:
 
     def stream(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
                prefetch: bool = True, pin: bool = True, blocks: str = "blocks", lock: bool = False,
-               resident: int = 0) -> nn.Module:
+               resident: int = 0, reuse: Reuse | None = None) -> nn.Module:
         """The model for `key` kept in RAM with its `blocks` streamed to `device` one at a time (the first `resident`
         kept there; see BlockStreamer)."""
         device = torch.device(device)
@@ -147,14 +160,14 @@ class ModelCache:
                 self._stats.hits += 1
                 entry.locks += int(lock)
                 return entry.module
-            module = self.get(key, load, size_bytes=size_bytes, device="cpu", pin=pin)
+            module = self.get(key, load, size_bytes=size_bytes, device="cpu", pin=pin, reuse=reuse)
             entry = self._entries[key]
             streamer = BlockStreamer(module, getattr(module, blocks), device, prefetch=prefetch, resident=resident)
             if device.type != "cpu":
                 self._make_room(streamer.device_bytes(), device, exclude=(key,), what=f"streaming {key.label}")
             entry.locks += 1  # streaming memory must not evict the entry being streamed
             try:
-                with self._oom_as_ours(f"streaming {key.label}", streamer.device_bytes(), device):
+                with _oom_as_ours(self, f"streaming {key.label}", streamer.device_bytes(), device):
                     streamer.attach()
             finally:
                 entry.locks -= 1
@@ -258,7 +271,7 @@ class ModelCache:
         need = module_bytes(entry.module) - entry.held().get(target, 0)
         if need > 0:
             self._make_room(need, device, exclude=(entry.key,), what=entry.key.label)
-        with self._oom_as_ours(f"moving {entry.key.label} to {target}", need, device):
+        with _oom_as_ours(self, f"moving {entry.key.label} to {target}", need, device):
             move_module(entry.module, device, pin=pin)
         entry.pinned = pin or (entry.pinned and target == "cpu")
         self._stats.moves += 1
@@ -332,20 +345,44 @@ class ModelCache:
         discard_module(entry.module)
         return freed
 
-    @contextmanager
-    def _oom_as_ours(self, what: str, need: int, device: torch.device) -> Iterator[None]:
-        """Turn a torch out-of-memory error inside the block into our message, freeing what the attempt left."""
+    def _reused(self, key: CacheKey, reuse: Reuse, device: torch.device, pin: bool) -> Entry | None:
+        """The idle entry of another variant of `key`'s base, on `device` and turned into `key` by `reuse`; or None.
+
+        If `reuse` fails the entry is dropped (its weights may be half changed), so nothing half-applied is served.
+        """
+        entry = next((e for e in reversed(self._entries.values()) if e.key.base == key.base and not e.locks), None)
+        if entry is None:
+            return None
+        entry.stop_streaming()
+        self._place(entry, device, pin)
+        old = self._entries.pop(entry.key).key  # out of the table unless the reuse succeeds
         try:
-            yield
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
-                raise
-            if exc.__traceback__ is not None:
-                traceback.clear_frames(exc.__traceback__)  # frames of the failed load hold its partial tensors
-            _empty_device_cache(device)
-            tier, free = tier_of(device), self._free_fn(device)
-            raise NotEnoughMemoryError(f"out of memory while {what}: needed {gib(need)} on {tier}, {gib(free)} "
-                                       f"free (budget {self.budget}).", needed=need, free=free, device=tier) from exc
+            with _oom_as_ours(self, f"applying {key.label}", 0, device):
+                reuse(entry.module)
+        except BaseException:
+            discard_module(entry.module)
+            raise
+        entry.key = key
+        self._entries[key] = entry
+        self._stats.reuses += 1
+        log.info("model cache: reused %s as %s (no file read)", old.label, key.label)
+        return entry
+
+
+@contextmanager
+def _oom_as_ours(cache: ModelCache, what: str, need: int, device: torch.device) -> Iterator[None]:
+    """Turn a torch out-of-memory error inside the block into our message, freeing what the attempt left."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):
+            raise
+        if exc.__traceback__ is not None:
+            traceback.clear_frames(exc.__traceback__)  # frames of the failed load hold its partial tensors
+        _empty_device_cache(device)
+        tier, free = tier_of(device), cache.free_memory(device)
+        raise NotEnoughMemoryError(f"out of memory while {what}: needed {gib(need)} on {tier}, {gib(free)} "
+                                   f"free (budget {cache.budget}).", needed=need, free=free, device=tier) from exc
 
 
 def _empty_device_cache(device: torch.device) -> None:

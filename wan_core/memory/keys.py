@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 import torch.nn as nn
@@ -30,23 +30,36 @@ def _freeze(value: object) -> object:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What identifies loaded weights: kind, file identity, and the settings that change the tensors."""
+    """What identifies loaded weights: kind, file identity, the settings that change the tensors, and a variant.
+
+    The variant is what is applied on top of the base weights (a LoRA stack): entries that differ only in it
+    share a `base`, so the cache can turn one into the other in place (`ModelCache.get(..., reuse=...)`)
+    instead of reading the file again. Each variant item is a tuple whose first element is a short label.
+    """
 
     kind: str
     identity: tuple
     settings: tuple = ()
+    variant: tuple = ()
 
     @classmethod
-    def for_file(cls, kind: str, path: str | os.PathLike, **settings: object) -> "CacheKey":
-        """Key of a weights file (or official folder) loaded with `settings` (e.g. dtype="bf16", loras=[...])."""
-        return cls(kind, file_identity(path), tuple(sorted((k, _freeze(v)) for k, v in settings.items())))
+    def for_file(cls, kind: str, path: str | os.PathLike, *, variant: tuple = (), **settings: object) -> "CacheKey":
+        """Key of a weights file (or official folder) loaded with `settings` (e.g. dtype="bf16") and a variant."""
+        return cls(kind, file_identity(path), tuple(sorted((k, _freeze(v)) for k, v in settings.items())),
+                   _freeze(variant))
+
+    @property
+    def base(self) -> "CacheKey":
+        """The same key without its variant: the weights as read from the file."""
+        return replace(self, variant=()) if self.variant else self
 
     @property
     def label(self) -> str:
-        """Short human name: kind, file name and settings."""
+        """Short human name: kind, file name, settings and variant labels."""
         name = os.path.basename(str(self.identity[0])) if self.identity else "?"
         settings = ", ".join(f"{k}={v}" for k, v in self.settings)
-        return f"{self.kind} {name}" + (f" ({settings})" if settings else "")
+        variant = " + " + ", ".join(str(item[0]) for item in self.variant) if self.variant else ""
+        return f"{self.kind} {name}" + (f" ({settings})" if settings else "") + variant
 
 
 @dataclass
@@ -79,17 +92,19 @@ class Entry:
 
 @dataclass
 class CacheStats:
-    """Counters since the cache was created: loads from file, hits, moves between tiers, evictions."""
+    """Counters since the cache was created: loads from file, hits, moves between tiers, evictions, and reuses
+    (an entry turned into another variant of the same base in place)."""
 
     loads: int = 0
     hits: int = 0
     moves: int = 0
     evictions: int = 0
     load_counts: dict[CacheKey, int] = field(default_factory=dict)
+    reuses: int = 0
 
     def copy(self) -> "CacheStats":
         """A snapshot of the counters."""
-        return CacheStats(self.loads, self.hits, self.moves, self.evictions, dict(self.load_counts))
+        return CacheStats(self.loads, self.hits, self.moves, self.evictions, dict(self.load_counts), self.reuses)
 
     def loads_of(self, key: CacheKey) -> int:
         """How many times `key` was loaded from its file."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,9 +26,12 @@ import torch.nn as nn
 from ..config import PLACEMENTS, WEIGHT_DTYPES
 from ..dit.loader import inspect_dit, load_dit
 from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
+from ..io.checkpoint import file_identity
+from ..io.quant import FP8_DTYPES
 from ..io.quant.fp8 import use_fp8_matmul
 from ..memory.budget import NotEnoughMemoryError, gib, tier_of
-from ..memory.cache import CacheKey, Loader, ModelCache, get_cache
+from ..lora import apply_stack, runtime_bytes
+from ..memory.cache import CacheKey, Loader, ModelCache, Reuse, get_cache
 from .experts import EXPERT_NAMES
 
 log = logging.getLogger("wan_core.sampling.placement")
@@ -42,6 +45,7 @@ class ExpertSpec:
 
     `configure(module)` runs each time the expert is activated, for settings that do not change its
     tensors and so are not in the key (the attention backend): entries stay shared across such settings.
+    `reuse(module)` turns a cached entry of another variant of the same file (another LoRA stack) into this one.
     """
 
     key: CacheKey
@@ -50,6 +54,7 @@ class ExpertSpec:
     stream_bytes: int | None = None  # device bytes while streaming (non-block weights + two blocks)
     block_bytes: int = 0  # one transformer block's weights (for keeping blocks resident while streaming)
     configure: Callable[[nn.Module], None] | None = None
+    reuse: Reuse | None = None
 
     def streaming_bytes(self) -> int:
         """Device bytes block streaming needs for this expert (the spec's, or an estimate)."""
@@ -58,25 +63,38 @@ class ExpertSpec:
 
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
-                    fp8_matmul: bool = False,
+                    fp8_matmul: bool = False, loras: Sequence[tuple[str, float]] = (),
                     **settings: object) -> ExpertSpec:
-    """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
+    """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` with a LoRA stack (headers read now, weights on first
+    use).
 
     The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
-    `settings` (e.g. loras=[(file, strength), ...]); the attention backend and torch.compile of the blocks are
-    applied on activation (they change no tensor, so cached entries stay shared across them).
+    `settings`; the LoRA stack ((file, strength), ... ; strength 0 left out) is its variant, so an entry with
+    another stack of the same file is changed in place instead of re-read. The attention backend and torch.compile
+    of the blocks are applied on activation (they change no tensor, so cached entries stay shared across them).
     """
     device = torch.device(device)
     compute = compute_dtype if compute_dtype is not None else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     info = inspect_dit(path)
-    size = weight_bytes(info.config, WEIGHT_DTYPES[weight_dtype], stored_bytes=info.weight_bytes,
-                        stored_dtype=info.stored_dtype)
+    stored = WEIGHT_DTYPES[weight_dtype]
+    size = weight_bytes(info.config, stored, stored_bytes=info.weight_bytes, stored_dtype=info.stored_dtype)
     params = param_counts(info.config).total
-    key = CacheKey.for_file("dit", path, weight_dtype=weight_dtype, compute_dtype=str(compute), **settings)
+    stack = tuple((str(p), float(s)) for p, s in loras if s != 0)
+    if stack and (stored in FP8_DTYPES or (stored is None and info.fp8)):  # run-time terms on the fp8 Linears
+        size += runtime_bytes(stack, info.config, 4 if compute in (torch.float32, "fp32") else 2)
+    variant = tuple((f"{Path(p).name} x{s:g}", *file_identity(p), s) for p, s in stack)
+    key = CacheKey.for_file("dit", path, variant=variant, weight_dtype=weight_dtype, compute_dtype=str(compute),
+                            **settings)
+
+    def reuse(module: nn.Module) -> None:
+        apply_stack(module, stack, base_path=path, weight_dtype=weight_dtype, work_device=device)
 
     def load(dev: torch.device) -> nn.Module:
-        return load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention)
+        module = load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention)
+        if stack:
+            reuse(module)
+        return module
 
     def configure(module: nn.Module) -> None:
         if getattr(module, "attention", attention) != attention:
@@ -87,7 +105,7 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
 
     per_param = size / params
     return ExpertSpec(key, load, int(size), stream_bytes=stream_bytes_for(info.config, per_param),
-                      block_bytes=int(param_counts(info.config).block * per_param), configure=configure)
+                      block_bytes=int(param_counts(info.config).block * per_param), configure=configure, reuse=reuse)
 
 
 def expert_advice(tier: str, policy: str) -> str:
@@ -235,10 +253,10 @@ class CachedExperts:
             if self.plan.policy == "stream":
                 module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                            prefetch=self.prefetch, pin=self.pin, lock=lock,
-                                           resident=self.plan.resident_blocks)
+                                           resident=self.plan.resident_blocks, reuse=spec.reuse)
             else:
                 module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
-                                        lock=lock)
+                                        lock=lock, reuse=spec.reuse)
         except NotEnoughMemoryError as exc:
             raise exc.advise(expert_advice(tier_of(self.device), self.plan.policy)) from exc
         self._locked.add(name)

@@ -122,8 +122,8 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             used[id(model)], previous = model, model
             if step_cache is not None and plan is None:
                 step_cache.begin_step(i, name)
-            # The official loop feeds the truncated integer timestep (ComfyUI feeds sigma * 1000 untruncated).
-            timestep = torch.full((batch,), float(t), dtype=torch.float32, device=device)
+            # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
+            timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
             velocity = velocity_at(model, name, x, timestep, guidance)
             if kept is not None:
                 velocity = kept.velocity(velocity, x, sigma)

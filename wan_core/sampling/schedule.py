@@ -15,6 +15,11 @@ Grids (`grid`; first and last timesteps at 40 steps, shift 12 / at 4 steps, shif
               exact for flow matching, and Euler needs no log-SNR, so starting there is harmless).
 Timesteps are int64(sigma * 1000) of the float64 sigmas (truncation, not rounding); the sigmas the solver uses
 are stored as float32 with a final 0 appended, as the official code does.
+What the DiT is fed (`model_timesteps`): those integers for unipc and dpm++ (the official loop); for euler the
+untruncated float32 sigma * 1000, as the Lightning distillation's Euler scheduler (ModelTC/Wan2.2-Lightning
+wan/utils/fm_solvers_euler.py) and ComfyUI feed it: 4 steps at shift 5 give 1000, 937.5, 833.33, 625, the
+timesteps Lightning was distilled on (displayed truncated: 1000, 937, 833, 625; 2 high-noise + 2 low-noise).
+The expert split compares the integer timesteps with boundary * 1000 (the same for euler at integer thresholds).
 
 Custom `sigmas` (ComfyUI's SIGMAS convention: n+1 descending values in [0, 1] ending at 0) replace the grid:
 their timesteps are truncated the same way from their float64 values, so our own grid passed as float64 SIGMAS
@@ -66,6 +71,11 @@ class Schedule:
     grid: str = "unipc_grid"  # one of config.SCHEDULES but "official", or CUSTOM
     switch_step: int | None = None  # first low-noise step of the full schedule, when switching by step
     from_noise: bool = True  # the run starts from pure noise; else an input latent is noised to sigmas[0]
+    model_timesteps: tuple[float, ...] = ()  # fed to the DiT (see the module docstring); () = the timesteps
+
+    def model_timestep(self, step: int) -> float:
+        """The timestep value step `step` feeds the DiT."""
+        return self.model_timesteps[step] if self.model_timesteps else float(self.timesteps[step])
 
     @property
     def steps(self) -> int:
@@ -201,11 +211,12 @@ def build_schedule(steps: int = STEPS, shift: float = SHIFT, solver: str = "unip
     # Official: timesteps from the float64 sigmas, truncated; the solver sees float32 sigmas.
     timesteps = (shifted * NUM_TRAIN_TIMESTEPS).astype(np.int64)
     solver_sigmas = np.concatenate([shifted, [0.0]]).astype(np.float32)
+    fed = (shifted * NUM_TRAIN_TIMESTEPS).astype(np.float32) if solver == "euler" else timesteps.astype(np.float64)
 
     total = len(timesteps)
     keep = total if denoise >= 1.0 else int(round(total * denoise))
     start = total - keep
-    timesteps = timesteps[start:]
+    timesteps, fed = timesteps[start:], fed[start:]
     solver_sigmas = solver_sigmas[start:] if keep else solver_sigmas[:0]
     experts = _experts(timesteps, start, boundary, switch_step)
     from_noise = denoise >= 1.0 and (grid != CUSTOM or int(timesteps[0]) >= NOISE_START_T)
@@ -221,6 +232,7 @@ def build_schedule(steps: int = STEPS, shift: float = SHIFT, solver: str = "unip
         grid=grid,
         switch_step=switch_step,
         from_noise=from_noise,
+        model_timesteps=tuple(float(t) for t in fed),
     )
 
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
 
 from wan_core.dit.model import DiTConfig, WanDiT
-from wan_core.dit.keys import official_to_diffusers
 from wan_core.testing.tiny.dit import TINY_DIT_CONFIG, random_state_dict
 
-from diffusers import WanTransformer3DModel  # noqa: E402
+from diffusers_testing import reference_model, sinusoid_float64  # noqa: E402
 from diffusers.models import embeddings as diffusers_embeddings  # noqa: E402
 
 # (config, latent [C, F, H, W]): non-square latents, more than one latent frame, 2+ layers.
@@ -19,17 +17,6 @@ CONFIGS = {
     "tiny_128_heads": (TINY_DIT_CONFIG, (16, 3, 6, 10)),
     "64_heads_3_layers": (DiTConfig(dim=256, ffn_dim=384, num_heads=4, num_layers=3, text_dim=96, freq_dim=128), (16, 2, 8, 4)),
 }
-
-
-def reference_model(config: DiTConfig, sd: dict[str, torch.Tensor]) -> WanTransformer3DModel:
-    """diffusers' model at `config`, holding the same weights renamed to its keys (strict load)."""
-    model = WanTransformer3DModel(
-        patch_size=config.patch_size, num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
-        in_channels=config.in_dim, out_channels=config.out_dim, text_dim=config.text_dim, freq_dim=config.freq_dim,
-        ffn_dim=config.ffn_dim, num_layers=config.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        eps=config.eps, rope_max_seq_len=1024)
-    model.load_state_dict({official_to_diffusers(k): v for k, v in sd.items()}, strict=True)
-    return model.eval()
 
 
 def ours(config: DiTConfig, sd: dict[str, torch.Tensor]) -> WanDiT:
@@ -53,15 +40,6 @@ def padded(context: list[torch.Tensor], text_len: int = 512) -> torch.Tensor:
     for i, c in enumerate(context):
         out[i, : c.shape[0]] = c
     return out
-
-
-def sinusoid_float64(timesteps, embedding_dim, flip_sin_to_cos=False, downscale_freq_shift=1, scale=1, max_period=10000):
-    """diffusers' get_timestep_embedding computed in float64 as the official sinusoidal_embedding_1d does."""
-    half = embedding_dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / (half - downscale_freq_shift))
-    angles = scale * timesteps.to(torch.float64)[:, None] * freqs[None]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
-    return torch.cat([emb[:, half:], emb[:, :half]], dim=-1) if flip_sin_to_cos else emb
 
 
 @pytest.fixture(params=list(CONFIGS), scope="module")

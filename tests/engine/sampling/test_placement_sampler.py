@@ -9,11 +9,11 @@ from wan_core.memory.cache import ModelCache
 from wan_core.dit.loader import load_dit
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.memory.budget import GiB, MemoryBudget
-from wan_core.sampling.placement import CachedExperts, dit_expert_spec
+from wan_core.sampling.placement import dit_expert_spec
 from wan_core.sampling.sampler import sample_moe
 from wan_core.testing.tiny.dit import TINY_DIT_CONFIG, random_state_dict, write_single_file
 
-from cache_testing import Cancelled, one_thread  # noqa: F401  (one_thread: autouse fixture)
+from cache_testing import Cancelled, cpu_experts, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 SHAPE = (1, 16, 1, 8, 8)
 RUN = dict(shape=SHAPE, seed=3, steps=4, device="cpu")
@@ -35,11 +35,7 @@ def setup(tmp_path_factory):
 def experts_for(setup, placement: str, cache: ModelCache, loads: list | None = None, low_dtype: str = "auto"):
     high, low = setup[0], setup[1]
     specs = [dit_expert_spec(high, device="cpu"), dit_expert_spec(low, device="cpu", weight_dtype=low_dtype)]
-    if loads is not None:
-        from dataclasses import replace
-
-        specs = [replace(s, load=lambda d, s=s, n=n: (loads.append(n), s.load(d))[1]) for s, n in zip(specs, ("high", "low"))]
-    return CachedExperts(*specs, device="cpu", placement=placement, cache=cache)
+    return cpu_experts(specs, placement, cache, loads)
 
 
 @pytest.mark.parametrize("placement", ["resident", "swap", "stream"])

@@ -236,6 +236,12 @@ def test_timesteps_fed_to_the_dit_are_truncated_integers(experts: RecordingExper
     assert all(int(s * 1000) == t and s * 1000 != t for s, t in zip(sigmas, official))  # truncated, not rounded
 
 
+def test_euler_feeds_the_lightning_timesteps_untruncated(experts: RecordingExperts, text) -> None:
+    run(experts, text, steps=4, shift=5.0, solver="euler", cfg_high=1.0, cfg_low=1.0)
+    assert [(name, ts) for name, _, ts in experts.calls] == [
+        ("high", [1000.0]), ("high", [937.5]), ("low", [pytest.approx(833.3333, abs=1e-4)]), ("low", [625.0])]
+
+
 def test_denoise_runs_only_last_steps_with_low_expert(experts: RecordingExperts, text) -> None:
     latent = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11))
     schedule = build_schedule(20, 12.0, denoise=0.3)  # the last 6 of 20 official steps, all below t 875

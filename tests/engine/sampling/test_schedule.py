@@ -179,3 +179,23 @@ def test_float32_sigmas_of_the_unipc_grid_would_truncate_differently() -> None:
     s64 = shift_sigmas(base_grid("unipc", 37), 1.0)
     t32 = (s64.astype(np.float32).astype(np.float64) * 1000).astype(np.int64)
     assert int((t32 != (s64 * 1000).astype(np.int64)).sum()) == 10
+
+
+def test_lightning_schedule_euler_4_steps_shift_5_is_the_distilled_timesteps_2_high_2_low():
+    """Wan2.2-Lightning's Euler scheduler (ModelTC/Wan2.2-Lightning wan/utils/fm_solvers_euler.py): float32
+    linspace(1000, 0, steps + 1), / 1000, shift, * 1000, the last dropped; fed to the DiT untruncated."""
+    lightning = np.linspace(1000, 0, 5, dtype=np.float32) / np.float32(1000)
+    lightning = (np.float32(5.0) * lightning / (1 + (np.float32(5.0) - 1) * lightning)) * np.float32(1000)
+    schedule = build_schedule(4, 5.0, "euler", boundary=0.875, cfg_high=1.0, cfg_low=1.0)
+    assert schedule.model_timesteps == tuple(float(t) for t in lightning[:-1])
+    assert schedule.model_timesteps[:2] == (1000.0, 937.5) and abs(schedule.model_timesteps[2] - 833.333) < 1e-3
+    assert schedule.timesteps == (1000, 937, 833, 625)  # shown truncated, as every schedule
+    assert schedule.experts == ("high", "high", "low", "low") and schedule.guidance == (1.0,) * 4
+    assert schedule.sigmas == tuple(float(s) for s in np.float32([1.0, 0.9375, 2.5 / 3, 0.625, 0.0]))
+    assert "2 steps high-noise (t 1000-937, cfg 1), 2 steps low-noise (t 833-625, cfg 1)" in schedule.summary()
+
+
+def test_unipc_and_dpm_feed_the_official_truncated_integer_timesteps():
+    for solver in ("unipc", "dpm++"):
+        schedule = build_schedule(40, 12.0, solver)
+        assert schedule.model_timesteps == tuple(float(t) for t in schedule.timesteps)

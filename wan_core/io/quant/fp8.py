@@ -98,14 +98,14 @@ class Fp8Linear(DequantLinear):
 
     scaled_mm = False  # set by `use_fp8_matmul`: multiply in fp8 (torch._scaled_mm) instead of dequantising
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.scaled_mm and self.weight.dtype == torch.float8_e4m3fn:
             try:
                 return self._fp8_matmul(x)
             except RuntimeError as exc:  # a shape or device the kernel does not take: dequantise from now on
                 log.warning("fp8 matmul unavailable for %s (%s); dequantising instead", self.extra_repr(), exc)
                 self.scaled_mm = False
-        return super().forward(x)
+        return super().matmul(x)
 
     def _fp8_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x @ w^T with x quantised per tensor to e4m3 (scale amax/448, computed per call) and the fp8 weight as

@@ -3,6 +3,11 @@
 A format subclass keeps its stored tensors (fp8 values, GGML blocks, packed fp4 ...) as parameters and
 buffers, so moving the module (swap, block streaming, cache tiers) moves exactly the stored bytes, and
 implements `dequantized_weight(dtype)`. The full-precision weight exists only during the call.
+
+Additive terms: child modules in `lora_terms` (an nn.ModuleDict; run-time LoRA, see wan_core.lora.runtime) whose
+outputs are added to the layer's, computed on the input in the compute dtype. They are part of `forward` rather than
+a forward hook: torch.compile does not guard on hooks (torch._dynamo.config.skip_nnmodule_hook_guards), so terms
+added after compiling would be silently left out, while a submodule read in `forward` is traced and guarded.
 """
 
 from __future__ import annotations
@@ -32,10 +37,24 @@ class DequantLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.plus_terms(x, self.matmul(x))
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ weight^T + bias in the compute dtype, with the weight dequantised (or held by `dequantized_once`)."""
         dtype = self.compute_dtype
         bias = self.bias.to(dtype) if self.bias is not None else None
         held = self.__dict__.get("_held")
         return F.linear(x.to(dtype), held if held is not None else self.dequantized_weight(dtype), bias)
+
+    def plus_terms(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`out` plus the outputs of the layer's additive terms (see the module docstring)."""
+        terms = self._modules.get("lora_terms")
+        if terms is None:
+            return out
+        x = x.to(self.compute_dtype)
+        for term in terms.values():
+            out = out + term(x).to(out.dtype)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, storage={self.storage()}, compute={self.compute_dtype}"
