@@ -8,7 +8,8 @@ from ..wan_core import api
 from ..wan_core.config import (BOUNDARY, COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, PLACEMENTS, TEXT_DEVICES, VAE_DTYPES,
                                WEIGHT_DTYPE_OPTIONS)
 
-from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
+from .model_files import (NO_MODULE, diffusion_model_choices, file_choices, full_path, not_listed, vace_module_choices,
+                          vace_module_path)
 from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType
 
 CATEGORY = "WanMoE"
@@ -25,6 +26,7 @@ class WanMoEModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         high = low = diffusion_model_choices()
+        modules = vace_module_choices()
         return io.Schema(
             node_id="WanMoEModelLoader",
             display_name="Wan2.2 MoE Model Loader",
@@ -62,29 +64,43 @@ class WanMoEModelLoader(io.ComfyNode):
                                  tooltip="Multiply fp8 (e4m3) weights in fp8 on GPUs that have fp8 tensor cores (RTX 40xx, "
                                          "H100, B200) instead of upcasting them: faster, with the input quantised to fp8 "
                                          "(a small measured difference). Other GPUs fall back with a warning."),
+                io.Combo.Input("vace_module_high", options=modules, default=NO_MODULE, optional=True,
+                               tooltip="Optional VACE module file (e.g. Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors, "
+                                       "from models/diffusion_models or models/vace) attached to a plain high-noise "
+                                       "expert, for control videos. Not needed with merged VACE experts "
+                                       "(wan2.2_fun_vace_*_14B_*)."),
+                io.Combo.Input("vace_module_low", options=modules, default=NO_MODULE, optional=True,
+                               tooltip="Optional VACE module file for the low-noise expert (..._LOW_...)."),
             ],
             outputs=[WanMoEModelType.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, high_noise_model: str, low_noise_model: str) -> bool | str:
+    def validate_inputs(cls, high_noise_model: str, low_noise_model: str, vace_module_high: str = NO_MODULE,
+                        vace_module_low: str = NO_MODULE) -> bool | str:
         choices = diffusion_model_choices()
         for name in (high_noise_model, low_noise_model):
             message = not_listed("diffusion_models", name, choices)
             if message:
                 return message
+        modules = vace_module_choices()
+        for name in (vace_module_high, vace_module_low):
+            if name not in modules:
+                return (f"VACE module '{name}' is in neither models/diffusion_models nor models/vace; put it there "
+                        f"and refresh (press R), or choose {NO_MODULE}")
         return True
 
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
-                boundary: float, compute_dtype: str = "auto", compile: bool = False,
-                fp8_matmul: bool = False) -> io.NodeOutput:
+                boundary: float, compute_dtype: str = "auto", compile: bool = False, fp8_matmul: bool = False,
+                vace_module_high: str = NO_MODULE, vace_module_low: str = NO_MODULE) -> io.NodeOutput:
         request = api.ModelRequest(
             high_noise_path=full_path("diffusion_models", high_noise_model),
             low_noise_path=full_path("diffusion_models", low_noise_model),
             weight_dtype=weight_dtype, placement=placement, attention=attention, boundary=boundary,
             high_noise_name=high_noise_model, low_noise_name=low_noise_model, compute=compute_dtype, compile=compile,
             fp8_matmul=fp8_matmul,
+            vace_module_high_path=vace_module_path(vace_module_high), vace_module_low_path=vace_module_path(vace_module_low),
         )
         return io.NodeOutput(request)
 

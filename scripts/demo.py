@@ -49,8 +49,8 @@ def component_of(file_name: str) -> tuple[str, str, bool]:
     key = next((k for k, v in COMFY_FILES.items() if v == file_name), None)
     if key is None:
         raise ValueError(f"{file_name!r} is not one of the public file names in wan_core/defaults.py COMFY_FILES")
-    role, precision = key.split("_", 1) if "_" in key else (key, "fp16")
-    module = {"high": "dit", "low": "dit"}.get(role, role)
+    role, precision = key.rsplit("_", 1) if "_" in key else (key, "fp16")  # vace_high_fp8 -> vace_high, fp8
+    module = {"high": "dit", "low": "dit", "vace_high": "dit", "vace_low": "dit"}.get(role, role)
     return module, role, precision == "fp8"
 
 

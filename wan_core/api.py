@@ -19,14 +19,17 @@ import torch
 import torch.nn as nn
 
 from . import interop
-from .config import COMPUTE_DTYPES, NEGATIVE_PROMPT, SWITCH_MODES, TILING, VAE_STRIDE, choice
+from .config import COMFY_FILES, COMPUTE_DTYPES, NEGATIVE_PROMPT, SWITCH_MODES, TILING, VAE_STRIDE, choice
+from .control.preprocess import ControlFrames, preprocess
+from .control.vace_latents import prepare_vace
 from .dit.attention import available_attention
 from .dit.loader import inspect_dit
 from .dit.sizes import activation_bytes, token_count
 from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
-from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .requests import ContextWindows, ModelRequest, TextEncoderRequest, VAERequest, vace_module_of, window_problem
+from .sampling.control import EXPERT_LABELS, Control
 from .sampling.placement import CachedExperts, dit_expert_spec
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
@@ -42,11 +45,11 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "ModelRequest", "TextEncoderRequest", "VAERequest", "available_attention", "decode",
-    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
-    "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for",
-    "release_models", "sample", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale",
-    "window_problem",
+    "ContextWindows", "ControlFrames", "ModelRequest", "TextEncoderRequest", "VAERequest", "VaceConditioning",
+    "available_attention", "decode", "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem",
+    "frames_problem", "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model",
+    "plan_sampling", "plan_windows_for", "preprocess_control", "release_models", "sample", "schedule_sigmas",
+    "set_free_memory_callback", "size_problem", "upscale", "vace_control", "window_problem",
 ]
 
 log = logging.getLogger("wan_core.api")
@@ -180,15 +183,39 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
 
 
+_EXPERT_PATHS = {"high": "high_noise_path", "low": "low_noise_path"}
+
+
 def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ...], batch: int) -> CachedExperts:
     """The two experts as the sampler's ExpertSource, placed by the request's policy (auto/resident/swap/stream)."""
     compute = None if model.compute == "auto" else model.compute
-    specs = [dit_expert_spec(path, device=device, weight_dtype=model.weight_dtype, attention=model.attention,
-                             compute_dtype=compute, compile=model.compile, fp8_matmul=model.fp8_matmul)
-             for path in (model.high_noise_path, model.low_noise_path)]
+    specs = [dit_expert_spec(getattr(model, _EXPERT_PATHS[name]), device=device, weight_dtype=model.weight_dtype,
+                             attention=model.attention, compute_dtype=compute, compile=model.compile,
+                             fp8_matmul=model.fp8_matmul, vace_module=vace_module_of(model, name))
+             for name in ("high", "low")]
     config = inspect_dit(model.high_noise_path).config
     working = activation_bytes(config, token_count(config, latent), batch)
     return CachedExperts(*specs, device=device, placement=model.placement, working_bytes=working)
+
+
+def _control(model: ModelRequest, schedule: Schedule, positive: list, negative: list) -> Control | None:
+    """The VACE control the conditioning carries, checked against the experts it applies to (None without one)."""
+    control = Control(interop.conditioning_to_control(positive, "positive"),
+                      interop.conditioning_to_control(negative, "negative"))
+    if not control:
+        return None
+    for name, steps in control.active_steps(schedule).items():
+        path = getattr(model, _EXPERT_PATHS[name])
+        if steps and not inspect_dit(path, vace_module_of(model, name)).config.vace_layers:
+            label = EXPERT_LABELS[name]
+            raise ValueError(
+                f"WanMoESampler: the conditioning carries a VACE control video (from WanVaceToVideo or "
+                f"WanMoEVaceControl) for {label} steps, but the {label} expert {os.path.basename(path)} has no VACE "
+                f"blocks. In the Wan2.2 MoE Model Loader choose the VACE experts ({COMFY_FILES['vace_high_fp8']} / "
+                f"{COMFY_FILES['vace_low_fp8']}), or attach VACE module files (vace_module_high / vace_module_low, "
+                "e.g. Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors) to the plain experts.")
+    log.info("%s", control.summary(schedule))
+    return control
 
 
 @dataclass(frozen=True)
@@ -207,8 +234,11 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     `step_cache`: the step-caching threshold (0 = off; see sampling/step_cache.py). windows: sample in overlapping
     temporal windows (checked before any model loads); then a positive CONDITIONING of several entries is a prompt
     list spread over them. A LATENT noise_mask keeps the input latent where it is 0 (a continued clip's frames).
+    VACE control in the conditioning (core WanVaceToVideo's keys, or WanMoEVaceControl's) steers the experts at the
+    steps it applies to.
     """
     start = interop.latent_from_comfy(latent)
+    control = _control(model, schedule, positive, negative)
     cache = StepCache(step_cache, schedule.steps)
     lines = [schedule.summary()]
     shape, travel, first = tuple(start.shape), None, positive
@@ -227,12 +257,56 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
         result = sample_schedule(experts, schedule, interop.conditioning_to_contexts(first, "positive"),
                                  interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
                                  callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
-                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)))
+                                 windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)),
+                                 control=control)
     finally:
         log.info("%s", get_cache().status())
     if cache.enabled and windows is None:
         lines.append(cache.summary(schedule.steps))
+    if control:
+        lines.append(control.summary(schedule))
     return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))
+
+
+# --- control ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VaceConditioning:
+    """What WanMoEVaceControl outputs: both CONDITIONINGs with the control appended, the LATENT, the trim, notes."""
+
+    positive: list
+    negative: list
+    latent: dict
+    trim_latent: int
+    notes: list[str]
+
+
+def vace_control(vae: VAERequest, positive: list, negative: list, *, width: int, height: int, length: int,
+                 batch: int, strength: float, ranges: dict[str, tuple[float, float]], device: torch.device,
+                 out_device: torch.device, control_video: torch.Tensor | None = None,
+                 control_masks: torch.Tensor | None = None, reference_image: torch.Tensor | None = None,
+                 on_frame: ProgressCallback | None = None) -> VaceConditioning:
+    """Core WanVaceToVideo's latent preparation with our VAE, plus per-expert step ranges (sampling.control)."""
+    problem = size_problem(width, height, length)
+    if problem:
+        raise ValueError(f"WanMoEVaceControl: {problem}")
+    with _advice(_VAE_ADVICE), _vae(vae, device) as model:
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            latent = model.encode(interop.image_to_video(images).to(device), on_frame=on_frame, tiling="auto")
+            return interop.latent_to_comfy(latent)["samples"].to("cpu", torch.float32)
+
+        prepared = prepare_vace(encode, width=width, height=height, length=length, control_video=control_video,
+                                control_masks=control_masks, reference_image=reference_image)
+    full = all(r == (0.0, 1.0) for r in ranges.values())
+    args = (prepared.frames, prepared.mask, float(strength), None if full else dict(ranges))
+    latent = interop.empty_latent((batch, *prepared.latent_shape), out_device)
+    return VaceConditioning(interop.append_vace(positive, *args), interop.append_vace(negative, *args), latent,
+                            prepared.trim, prepared.notes)
+
+
+def preprocess_control(images: torch.Tensor, mode: str, *, on_frame: ProgressCallback | None = None,
+                       **settings) -> ControlFrames:
+    """Control frames from a clip (see `control.preprocess.preprocess` for `settings`)."""
+    return preprocess(images, mode, on_frame=on_frame, **settings)
 
 
 # --- VAE --------------------------------------------------------------------------------------------------

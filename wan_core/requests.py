@@ -16,7 +16,8 @@ from .config import (COMPUTE_OPTIONS, ENCODER_DTYPES, FUSE_METHODS, PLACEMENTS, 
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary."""
+    """The two Wan2.2 experts to sample with: files (and VACE module files attached to them), precision, placement
+    policy, attention backend, boundary."""
 
     high_noise_path: str
     low_noise_path: str
@@ -29,6 +30,8 @@ class ModelRequest:
     compute: str = "auto"  # the DiT's matmul dtype (see config.COMPUTE_OPTIONS)
     compile: bool = False  # torch.compile of the transformer blocks
     fp8_matmul: bool = False  # e4m3 weights multiplied in fp8 (torch._scaled_mm) instead of dequantised
+    vace_module_high_path: str = ""  # a module-only VACE file attached to the high-noise expert ("" = none)
+    vace_module_low_path: str = ""
 
     def __post_init__(self) -> None:
         choice("weight_dtype", self.weight_dtype, tuple(WEIGHT_DTYPES))
@@ -108,3 +111,8 @@ class ContextWindows:
     def latent_overlap(self) -> int:
         """Overlap in latent frames (4 pixel frames each)."""
         return self.overlap // VAE_STRIDE[0]
+
+
+def vace_module_of(request: ModelRequest, expert: str) -> str | None:
+    """The VACE module file attached to the expert "high" or "low" of a request, or None."""
+    return (request.vace_module_high_path if expert == "high" else request.vace_module_low_path) or None

@@ -27,6 +27,7 @@ from ..config import PLACEMENTS, WEIGHT_DTYPES
 from ..dit.loader import inspect_dit, load_dit
 from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
 from ..io.quant.fp8 import use_fp8_matmul
+from ..io.checkpoint import file_identity
 from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..memory.cache import CacheKey, Loader, ModelCache, get_cache
 from .experts import EXPERT_NAMES
@@ -58,25 +59,29 @@ class ExpertSpec:
 
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
-                    fp8_matmul: bool = False,
+                    fp8_matmul: bool = False, vace_module: str | Path | None = None,
                     **settings: object) -> ExpertSpec:
     """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` (headers read now, weights on first use).
 
-    The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
-    `settings` (e.g. loras=[(file, strength), ...]); the attention backend and torch.compile of the blocks are
-    applied on activation (they change no tensor, so cached entries stay shared across them).
+    The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it), the
+    identity of an attached VACE module file and `settings` (e.g. loras=[(file, strength), ...]); the attention
+    backend and torch.compile of the blocks are applied on activation (they change no tensor, so cached entries
+    stay shared across them).
     """
     device = torch.device(device)
     compute = compute_dtype if compute_dtype is not None else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    info = inspect_dit(path)
+    info = inspect_dit(path, vace_module)
     size = weight_bytes(info.config, WEIGHT_DTYPES[weight_dtype], stored_bytes=info.weight_bytes,
                         stored_dtype=info.stored_dtype)
     params = param_counts(info.config).total
+    if vace_module is not None:
+        settings = {**settings, "vace_module": file_identity(vace_module)}
     key = CacheKey.for_file("dit", path, weight_dtype=weight_dtype, compute_dtype=str(compute), **settings)
 
     def load(dev: torch.device) -> nn.Module:
-        return load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention)
+        return load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention,
+                        vace_module=vace_module)
 
     def configure(module: nn.Module) -> None:
         if getattr(module, "attention", attention) != attention:
