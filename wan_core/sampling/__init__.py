@@ -2,6 +2,7 @@
 
 Owns: `schedule` (official sigma grids, shift, truncated timesteps, expert split), `solvers` (flow UniPC,
 DPM++ 2M, Euler), `sampler` (the official loop: expert per step, guidance per expert, noise, denoise),
-`experts` (the ExpertSource protocol), `placement` (resident / swap / stream through the model cache).
+`experts` (the ExpertSource protocol), `placement` (resident / swap / stream through the model cache), `control`
+(VACE control streams over a run: per-expert step ranges, each forward's VaceInput).
 May import: `wan_core.dit`, `wan_core.memory`, `wan_core.io`, `wan_core.config`.
 """
