@@ -125,3 +125,18 @@ def test_a_control_of_another_size_is_refused_saying_which(text):
 def test_a_control_batch_that_is_neither_one_nor_the_latents_is_refused(text):
     with pytest.raises(ValueError, match="has a batch of 2; the latent has 1"):
         run(Recorder(), text, Control((stream(batch=2),)))
+
+
+def test_the_step_cache_never_reuses_a_residual_across_a_control_switch(text):
+    from wan_core.sampling.step_cache import StepCache
+
+    ranges = {"high": (0.0, 0.6), "low": (0.0, 1.0)}  # high-noise steps 0-2 with the control, 3-4 without
+    control = Control((stream(ranges=ranges),), (stream(ranges=ranges),))
+    cache = StepCache(10.0, SCHEDULE.steps, warmup=1)  # a threshold that would skip every step it may
+    run(Recorder(), text, control, cfg_batch="on", step_cache=cache)
+    # Each expert: 2 full steps (the change rate needs two), then skips; step 3 is the first without the control, so
+    # there is no residual under that control to reuse and it runs in full. Without a control it would be skipped.
+    assert cache.skipped == [2, 4, 7, 8, 9]
+    plain = StepCache(10.0, SCHEDULE.steps, warmup=1)
+    run(Recorder(), text, None, cfg_batch="on", step_cache=plain)
+    assert plain.skipped == [2, 3, 4, 7, 8, 9]
