@@ -249,6 +249,14 @@ class ForwardState:
     grid: tuple[int, int, int]  # latent grid after patching (F', H', W')
     kv: list | None = None  # per block: the cross-attention's text keys/values (filled on first use), or None
 
+    def text_kv(self, slot: int, block: "WanBlock") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The text keys/values of `block` kept in `slot` (projected on its first use), or None without a cache."""
+        if self.kv is None:
+            return None
+        if self.kv[slot] is None:
+            self.kv[slot] = block.cross_attn.project_context(self.context)
+        return self.kv[slot]
+
 
 @dataclass
 class _TextEntry:
@@ -309,7 +317,7 @@ class WanDiT(nn.Module):
         """Run each transformer block through `torch.compile` (options such as mode=, backend= go to it), or back
         eagerly. Per-step values (timestep, latent) are tensors, not guards, so steps do not recompile; weights
         changed in place (a merged LoRA) keep the compiled code, swapped modules (run-time LoRA) compile once."""
-        for block in self.blocks:
+        for block in [*self.blocks, *getattr(self, "vace_blocks", ())]:
             eager = block.__dict__.pop("_eager_forward", None)
             if eager is not None:
                 block.forward = eager
@@ -355,7 +363,8 @@ class WanDiT(nn.Module):
         entry = self._text_cache.get(key)
         if entry is None or any(a is not b or _version(a) != v for a, (b, v) in zip(sources, entry.sources)):
             text = self.text_embedding(self._pad_context(context, batch, device))
-            entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * len(self.blocks))
+            slots = len(self.blocks) + len(getattr(self, "vace_blocks", ()))  # VACE blocks' slots follow the main ones
+            entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * slots)
             if len(self._text_cache) >= TEXT_CACHE_ENTRIES:
                 self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = entry
@@ -374,12 +383,7 @@ class WanDiT(nn.Module):
         for i, block in enumerate(self.blocks):
             if before_block is not None:
                 before_block(i)
-            kv = None
-            if state.kv is not None:
-                if state.kv[i] is None:
-                    state.kv[i] = block.cross_attn.project_context(state.context)
-                kv = state.kv[i]
-            x = block(x, state.e0, state.context, state.rotations, kv=kv, inplace=True)
+            x = block(x, state.e0, state.context, state.rotations, kv=state.text_kv(i, block), inplace=True)
             if hints:
                 hints.after_block(i, x)
         return x

@@ -48,11 +48,12 @@ class VaceBlock(WanBlock):
         self.after_proj = Linear(config.dim, config.dim)
 
     def forward(self, c: torch.Tensor, x0: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
-                rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """c, x0 [B, L, dim] float32 -> (hint [B, L, dim] float32, the advanced stream c)."""
+                rotations: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """c, x0 [B, L, dim] float32 -> (hint [B, L, dim] float32, the advanced stream c); `kv` as WanBlock's."""
         if self.before_proj is not None:
             c = self.before_proj(c).float() + x0
-        c = super().forward(c, e0, context, rotations, inplace=True)  # the stream is ours: advanced in place
+        c = super().forward(c, e0, context, rotations, kv=kv, inplace=True)  # the stream is ours: advanced in place
         return self.after_proj(c).float(), c
 
 
@@ -114,6 +115,7 @@ class VaceHints:
         if n is None:
             return
         block, state = self.model.vace_blocks[n], self.state
+        kv = state.text_kv(len(self.model.blocks) + n, block)  # one projection of the text for every stream
         for j, stream in enumerate(self.streams):
-            hint, self.streams[j] = block(stream, state.x, state.e0, state.context, state.rotations)
+            hint, self.streams[j] = block(stream, state.x, state.e0, state.context, state.rotations, kv=kv)
             x.addcmul_(hint, self.strengths[j])

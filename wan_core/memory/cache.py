@@ -46,6 +46,14 @@ Loader = Callable[[torch.device], nn.Module]
 FreeMemoryCallback = Callable[[int, torch.device], None]
 
 
+def _streamer(module: nn.Module, blocks: str | tuple[str, ...], device: torch.device, *, prefetch: bool,
+              resident: int) -> BlockStreamer:
+    """A BlockStreamer over the block list named first, plus the other named lists `module` has."""
+    first, *others = (blocks,) if isinstance(blocks, str) else blocks
+    more = [getattr(module, name) for name in others if getattr(module, name, None) is not None]
+    return BlockStreamer(module, getattr(module, first), device, prefetch=prefetch, resident=resident, more=more)
+
+
 class ModelCache:
     """Loaded models keyed by CacheKey, kept inside a MemoryBudget with LRU eviction (see module docstring)."""
 
@@ -135,10 +143,10 @@ class ModelCache:
             return module
 
     def stream(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
-               prefetch: bool = True, pin: bool = True, blocks: str = "blocks", lock: bool = False,
+               prefetch: bool = True, pin: bool = True, blocks: str | tuple[str, ...] = "blocks", lock: bool = False,
                resident: int = 0) -> nn.Module:
         """The model for `key` kept in RAM with its `blocks` streamed to `device` one at a time (the first `resident`
-        kept there; see BlockStreamer)."""
+        kept there; see BlockStreamer). Several names: the first list, then those of the others the module has."""
         device = torch.device(device)
         with self._lock:
             entry = self._entries.get(key)
@@ -149,7 +157,7 @@ class ModelCache:
                 return entry.module
             module = self.get(key, load, size_bytes=size_bytes, device="cpu", pin=pin)
             entry = self._entries[key]
-            streamer = BlockStreamer(module, getattr(module, blocks), device, prefetch=prefetch, resident=resident)
+            streamer = _streamer(module, blocks, device, prefetch=prefetch, resident=resident)
             if device.type != "cpu":
                 self._make_room(streamer.device_bytes(), device, exclude=(key,), what=f"streaming {key.label}")
             entry.locks += 1  # streaming memory must not evict the entry being streamed

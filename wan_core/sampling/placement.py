@@ -34,6 +34,7 @@ from .experts import EXPERT_NAMES
 
 log = logging.getLogger("wan_core.sampling.placement")
 
+STREAMED_BLOCKS = ("blocks", "vace_blocks")  # a DiT's block lists streamed under 'stream' (VACE blocks when present)
 STREAM_FRACTION = 0.1  # device share of an expert while streaming when the spec does not say (A14B: ~6.6%)
 
 
@@ -240,7 +241,7 @@ class CachedExperts:
             if self.plan.policy == "stream":
                 module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                            prefetch=self.prefetch, pin=self.pin, lock=lock,
-                                           resident=self.plan.resident_blocks)
+                                           resident=self.plan.resident_blocks, blocks=STREAMED_BLOCKS)
             else:
                 module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                         lock=lock)
