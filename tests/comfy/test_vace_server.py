@@ -123,7 +123,7 @@ def in_process(models: dict[str, str]) -> torch.Tensor:
     schedule = api.plan_sampling(model, steps=STEPS, shift=12.0, solver="unipc", denoise=1.0, cfg_high=4.0, cfg_low=3.0)
     out = api.sample(model, schedule, positive=vace.positive, negative=vace.negative, latent=vace.latent, seed=SEED,
                      device=cpu)
-    return out["samples"][:, :, vace.trim_latent:]
+    return out.latent["samples"][:, :, vace.trim_latent:]
 
 
 @pytest.fixture(scope="module")
