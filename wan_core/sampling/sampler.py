@@ -101,11 +101,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                          "or give one prompt")
     if mask is not None and latent is None:
         raise ValueError("a noise mask keeps parts of the input latent, so it needs an input latent")
-    if control:
-        if plan is not None:
-            raise ValueError("a VACE control video with context windows is not supported yet: sample the controlled "
-                             "video without context windows (at most 81 frames), or disconnect the control")
-        control.check(shape)
+    bound = _bind_control(control, plan, schedule, shape, device)
 
     if schedule.steps == 0:
         if latent is None:
@@ -115,7 +111,6 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     kept = KeptRegion(mask, latent, noise, device) if mask is not None else None
     velocity_at = _denoiser(prompts, uncond, plan, cfg_batch, device, check_cancel, step_cache)
     solver = make_solver(schedule.solver, schedule.sigmas)
-    bound = control.bind(schedule, batch, device) if control else None
     used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
     previous: torch.nn.Module | None = None
     try:
@@ -146,6 +141,18 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             getattr(model, "forget_text", lambda: None)()
         experts.release()
     return x.to("cpu", torch.float32)
+
+
+def _bind_control(control: Control | None, plan: WindowPlan | None, schedule: Schedule, shape: tuple[int, ...],
+                  device: torch.device | str) -> BoundControl | None:
+    """The run's VACE control checked against the latent and bound to its steps (None without one)."""
+    if not control:
+        return None
+    if plan is not None:
+        raise ValueError("a VACE control video with context windows is not supported yet: sample the controlled "
+                         "video without context windows (at most 81 frames), or disconnect the control")
+    control.check(shape)
+    return control.bind(schedule, shape[0], device)
 
 
 def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
