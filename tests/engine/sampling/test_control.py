@@ -140,3 +140,10 @@ def test_the_step_cache_never_reuses_a_residual_across_a_control_switch(text):
     plain = StepCache(10.0, SCHEDULE.steps, warmup=1)
     run(Recorder(), text, None, cfg_batch="on", step_cache=plain)
     assert plain.skipped == [2, 3, 4, 7, 8, 9]
+
+
+def test_a_control_with_context_windows_is_refused_before_any_step(text):
+    from wan_core.requests import ContextWindows
+
+    with pytest.raises(ValueError, match="context windows is not supported"):
+        run(Recorder(), text, Control((stream(),)), windows=ContextWindows(frames=5, overlap=0))
