@@ -35,10 +35,11 @@ def api_twin(stem: str) -> dict:
 
 
 def expected_video(api: dict) -> tuple[int, int, int, float]:
-    """(frames, width, height, fps) the patched (tiny) workflow writes: the latent size, or what a WanMoEUpscale node
+    """(frames, width, height, fps) the patched (tiny) workflow writes: the latent size (WanMoEEmptyLatent's, or core
+    WanVaceToVideo's in a control workflow), or what a WanMoEUpscale node
     on the way to CreateVideo makes of it; a WanMoEFrameInterpolate node makes n frames (n - 1) x factor + 1 and gives
     CreateVideo its fps x factor."""
-    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] in ("WanMoEEmptyLatent", "WanVaceToVideo")]
     width, height, frames = latent["width"], latent["height"], latent["length"]
     for node in api.values():
         inputs = node["inputs"]
@@ -103,7 +104,7 @@ def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server
 
 def test_long_workflow_is_161_frames_in_81_frame_windows():
     api = api_twin("wan22_t2v_a14b_long")
-    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] in ("WanMoEEmptyLatent", "WanVaceToVideo")]
     (windows,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEContextWindows"]
     (video,) = [n["inputs"] for n in api.values() if n["class_type"] == "CreateVideo"]
     assert (latent["length"], windows["window_frames"], windows["overlap_frames"], video["fps"]) == (161, 81, 16, 16.0)
