@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("distributed", "gpu_placement", "gpu_step", "quant_dequant", "reference_cpu",
-              "speed_cpu")  # modules of this package, each with main(argv) -> int
+BENCHMARKS = ("distributed", "gpu_placement", "gpu_step", "quant_dequant", "reference_cpu", "speed_cpu",
+              "vace_overhead")  # modules of this package, each with main(argv) -> int
 
 
 def main(argv: list[str]) -> int:

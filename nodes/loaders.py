@@ -8,7 +8,8 @@ from ..wan_core import api
 from ..wan_core.config import (COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
                                TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPE_OPTIONS)
 
-from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
+from .model_files import (NO_MODULE, diffusion_model_choices, file_choices, full_path, not_listed, vace_module_choices,
+                          vace_module_path)
 from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType, boundary_input
 
 CATEGORY = "WanMoE"
@@ -25,6 +26,7 @@ class WanMoEModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         high = low = diffusion_model_choices()
+        modules = vace_module_choices()
         return io.Schema(
             node_id="WanMoEModelLoader",
             display_name="Wan2.2 MoE Model Loader",
@@ -67,23 +69,37 @@ class WanMoEModelLoader(io.ComfyNode):
                                      "At cfg > 1 cond and uncond run on two halves of them, and each half splits the video "
                                      "tokens (Ulysses); worker processes start on the first run and stay for the next. "
                                      "Default: WANMOE_GPUS, else 1. See docs/multi-gpu.md."),
+                io.Combo.Input("vace_module_high", options=modules, default=NO_MODULE, optional=True,
+                               tooltip="Optional VACE module file (e.g. Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors, "
+                                       "from models/diffusion_models or models/vace) attached to a plain high-noise "
+                                       "expert, for control videos. Not needed with merged VACE experts "
+                                       "(wan2.2_fun_vace_*_14B_*)."),
+                io.Combo.Input("vace_module_low", options=modules, default=NO_MODULE, optional=True,
+                               tooltip="Optional VACE module file for the low-noise expert (..._LOW_...)."),
             ],
             outputs=[WanMoEModelType.Output(display_name="model")],
         )
 
     @classmethod
-    def validate_inputs(cls, high_noise_model: str, low_noise_model: str) -> bool | str:
+    def validate_inputs(cls, high_noise_model: str, low_noise_model: str, vace_module_high: str = NO_MODULE,
+                        vace_module_low: str = NO_MODULE) -> bool | str:
         choices = diffusion_model_choices()
         for name in (high_noise_model, low_noise_model):
             message = not_listed("diffusion_models", name, choices)
             if message:
                 return message
+        modules = vace_module_choices()
+        for name in (vace_module_high, vace_module_low):
+            if name not in modules:
+                return (f"VACE module '{name}' is in neither models/diffusion_models nor models/vace; put it there "
+                        f"and refresh (press R), or choose {NO_MODULE}")
         return True
 
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
-                boundary: float, compute_dtype: str = "auto", compile: bool = False,
-                fp8_matmul: bool = False, gpus: int | None = None) -> io.NodeOutput:
+                boundary: float, compute_dtype: str = "auto", compile: bool = False, fp8_matmul: bool = False,
+                gpus: int | None = None, vace_module_high: str = NO_MODULE,
+                vace_module_low: str = NO_MODULE) -> io.NodeOutput:
         request = api.ModelRequest(
             high_noise_path=full_path("diffusion_models", high_noise_model),
             low_noise_path=full_path("diffusion_models", low_noise_model),
@@ -91,6 +107,7 @@ class WanMoEModelLoader(io.ComfyNode):
             high_noise_name=high_noise_model, low_noise_name=low_noise_model, compute=compute_dtype, compile=compile,
             fp8_matmul=fp8_matmul,
             gpus=gpus if gpus is not None else api.default_gpus(),
+            vace_module_high_path=vace_module_path(vace_module_high), vace_module_low_path=vace_module_path(vace_module_low),
         )
         return io.NodeOutput(request)
 

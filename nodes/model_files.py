@@ -1,4 +1,5 @@
-"""Model-file choices for the loader combos, from ComfyUI's model folders (diffusion_models, text_encoders, vae, diffusers).
+"""Model-file choices for the loader combos, from ComfyUI's model folders (diffusion_models, text_encoders, vae, diffusers,
+and `vace` for VACE module files, registered here as models/vace).
 
 Each dropdown lists what its loader reads, once:
   * single files ComfyUI lists in the folder (plus `.gguf` experts, which ComfyUI's own lists leave out);
@@ -7,7 +8,8 @@ Each dropdown lists what its loader reads, once:
     folder (`config.json` of a (U)MT5 encoder + weights) by the folder itself;
   * a diffusers pipeline folder (`model_index.json`: `transformer/`, `transformer_2/`, `text_encoder/` with
     `tokenizer/` beside it, `vae/`) wherever it sits (diffusion_models/ or diffusers/): its experts in the expert
-    dropdowns, `.../text_encoder` in the text-encoder dropdown, `.../vae` in the VAE dropdown, nothing else.
+    dropdowns, `.../text_encoder` in the text-encoder dropdown, `.../vae` in the VAE dropdown, nothing else;
+  * VACE module files: models/vace and the single files of diffusion_models, after 'none'.
 A folder is told apart by its config.json (`_class_name` / `architectures`), not by its name.
 """
 
@@ -20,6 +22,9 @@ import re
 import folder_paths
 
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+NO_MODULE = "none"
+VACE_FOLDER = "vace"  # where some users keep VACE module files (models/vace); diffusion_models is searched too
+WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt"}
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.safetensors$")
 _WEIGHTS = (".safetensors", ".sft", ".bin", ".pth", ".gguf")
 _KINDS = {"WanModel": "dit", "WanTransformer3DModel": "dit", "UMT5EncoderModel": "text_encoder",
@@ -155,3 +160,26 @@ def lora_choices() -> list[str]:
     from ..wan_core.config import NO_LORA
 
     return [NO_LORA] + folder_paths.get_filename_list("loras")
+
+
+def _vace_folder() -> str:
+    """Register models/vace with ComfyUI (once) and return the folder name."""
+    if VACE_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(VACE_FOLDER, os.path.join(folder_paths.models_dir, VACE_FOLDER))
+        paths, _ = folder_paths.folder_names_and_paths[VACE_FOLDER]
+        folder_paths.folder_names_and_paths[VACE_FOLDER] = (paths, set(WEIGHT_EXTENSIONS))
+    return VACE_FOLDER
+
+
+def vace_module_choices() -> list[str]:
+    """'none', then the files of models/vace and the single-file DiTs of models/diffusion_models."""
+    files = set(folder_paths.get_filename_list(_vace_folder()))
+    files |= {f for f in folder_paths.get_filename_list("diffusion_models") if not _SHARD.search(f)}
+    return [NO_MODULE] + sorted(files)
+
+
+def vace_module_path(name: str) -> str:
+    """The full path of a chosen VACE module file ("" for none): models/vace first, then diffusion_models."""
+    if name == NO_MODULE:
+        return ""
+    return folder_paths.get_full_path(_vace_folder(), name) or full_path("diffusion_models", name)

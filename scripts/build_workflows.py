@@ -34,6 +34,8 @@ DOWNLOADS = {  # public file name -> (model folder, download URL)
     COMFY_FILES["t5_fp16"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp16']}"),
     COMFY_FILES["t5_fp8"]: ("text_encoders", f"{HF_21}/text_encoders/{COMFY_FILES['t5_fp8']}"),
     COMFY_FILES["vae"]: ("vae", f"{HF_22}/vae/{COMFY_FILES['vae']}"),
+    COMFY_FILES["vace_high_fp8"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['vace_high_fp8']}"),
+    COMFY_FILES["vace_low_fp8"]: ("diffusion_models", f"{HF_22}/diffusion_models/{COMFY_FILES['vace_low_fp8']}"),
     UPSCALER: ("upscale_models", "https://github.com/xinntao/Real-ESRGAN/releases/download/v0.1.0/RealESRGAN_x4plus.pth"),
     **{name: ("loras", f"{HF_22}/loras/{name}") for name in LIGHTNING_LORAS.values()},
 }
@@ -62,6 +64,15 @@ SOCKETS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "WanMoEFrameModerate": ([("images", "IMAGE")], [("images", "IMAGE"), ("report", "STRING")]),
     "WanMoEFrameInterpolate": ([("images", "IMAGE")], [("images", "IMAGE"), ("fps", "FLOAT"), ("report", "STRING")]),
     "WanMoEColorGrade": ([("images", "IMAGE"), ("reference", "IMAGE")], [("images", "IMAGE")]),
+    "LoadVideo": ([], [("VIDEO", "VIDEO")]),
+    "GetVideoComponents": ([("video", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+    "WanMoEControlPreprocess": ([("images", "IMAGE")], [("images", "IMAGE")]),
+    "VAELoader": ([], [("VAE", "VAE")]),
+    "WanVaceToVideo": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                        ("control_video", "IMAGE"), ("control_masks", "MASK"), ("reference_image", "IMAGE")],
+                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"),
+                        ("trim_latent", "INT")]),
+    "TrimVideoLatent": ([("samples", "LATENT")], [("LATENT", "LATENT")]),
     "CreateVideo": ([("images", "IMAGE"), ("audio", "AUDIO")], [("VIDEO", "VIDEO")]),
     "SaveVideo": ([("video", "VIDEO")], []),
     "MarkdownNote": ([], []),
@@ -174,7 +185,8 @@ def t2v_nodes(*, high: str, low: str, t5: str, t5_device: str, width: int, heigh
     vae = COMFY_FILES["vae"]
     model = Node(1, "WanMoEModelLoader", {"high_noise_model": high, "low_noise_model": low, "weight_dtype": "auto",
                                           "placement": placement, "attention": "sdpa", "boundary": 0.875,
-                                          "compute_dtype": "auto", "compile": False, "fp8_matmul": False, "gpus": 1},
+                                          "compute_dtype": "auto", "compile": False, "fp8_matmul": False, "gpus": 1,
+                                          "vace_module_high": "none", "vace_module_low": "none"},
                  pos=(40, 80), size=(380, 226), models=(high, low))
     encoder = Node(2, "WanMoETextEncoderLoader", {"text_encoder": t5, "device": t5_device, "dtype": "auto"},
                    pos=(40, 320), size=(380, 110), models=(t5,))
@@ -344,6 +356,41 @@ def t2v_enhanced_graph(*, prefix: str) -> list[Node]:
 SCALES = {"wan22_t2v_a14b_enhanced": 0.62}
 
 
+CONTROL_VIDEO = "control_video.mp4"  # the user's clip in ComfyUI/input (Load Video's upload button puts it there)
+VACE_NOTE = ("Control: Load Video -> Get Video Components -> 'Wan2.2 Control Preprocess' (Canny edges here; soft "
+             "edges, tile, grayscale; or any preprocessor pack's depth / pose frames) -> core WanVaceToVideo, which "
+             "writes the control into both conditionings and makes the latent. The VACE-Fun experts follow it; "
+             "TrimVideoLatent removes the reference-image frame when one is connected. 'Wan2.2 VACE Control' "
+             "replaces WanVaceToVideo when you want the control only for part of each expert's steps.")
+
+
+def t2v_vace_graph(*, prefix: str, width: int = 832, height: int = 480) -> list[Node]:
+    """Control video -> preprocess -> core WanVaceToVideo -> MoE sampler (VACE-Fun experts) -> trim -> decode -> video."""
+    nodes = t2v_nodes(high=COMFY_FILES["vace_high_fp8"], low=COMFY_FILES["vace_low_fp8"], t5=COMFY_FILES["t5_fp8"],
+                      t5_device="cpu", width=width, height=height, placement="auto")
+    model, encoder, text, _, sampler, vae_loader, decode = nodes  # WanVaceToVideo makes the latent
+    core_vae = Node(11, "VAELoader", {"vae_name": COMFY_FILES["vae"]}, pos=(40, 820), size=(380, 80),
+                    title="Load VAE (for WanVaceToVideo)", models=(COMFY_FILES["vae"],))
+    load = Node(12, "LoadVideo", {"file": CONTROL_VIDEO}, pos=(40, 940), size=(380, 440), title="Load Video (control)")
+    parts = Node(13, "GetVideoComponents", {"video": (load, 0)}, pos=(460, 940), size=(300, 90))
+    prep = Node(14, "WanMoEControlPreprocess", {"images": (parts, 0), "mode": "canny", "low_threshold": 100.0,
+                                                "high_threshold": 200.0, "blur": 2.0, "width": width, "height": height,
+                                                "length": FRAMES, "pad": "grey"}, pos=(460, 1070), size=(340, 280))
+    vace = Node(15, "WanVaceToVideo", {"positive": (text, 0), "negative": (text, 1), "vae": (core_vae, 0),
+                                       "width": width, "height": height, "length": FRAMES, "batch_size": 1,
+                                       "strength": 1.0, "control_video": (prep, 0)}, pos=(920, 660), size=(340, 300))
+    sampler.inputs.update(positive=(vace, 0), negative=(vace, 1), latent=(vace, 2))
+    trim = Node(16, "TrimVideoLatent", {"samples": (sampler, 0), "trim_amount": (vace, 3)},
+                widget_values={"trim_amount": 0}, pos=(1300, 80), size=(300, 80))
+    decode.inputs["samples"], decode.pos = (trim, 0), (1300, 200)
+    tail = video_nodes((decode, 0), prefix, x=1300)
+    tail[0].pos, tail[1].pos = (1300, 400), (1640, 80)
+    body = [model, encoder, text, sampler, vae_loader, core_vae, load, parts, prep, vace, trim, decode, *tail]
+    note = Node(10, "MarkdownNote", {"text": files_note(model_files(body), VACE_NOTE)}, pos=(40, 480), size=(380, 300),
+                title="Model files")
+    return body + [note]
+
+
 def all_workflows() -> dict[str, list[Node]]:
     """Every shipped workflow by file stem."""
     return {
@@ -375,6 +422,7 @@ def all_workflows() -> dict[str, list[Node]]:
                        "(4x, then resampled to the target); any ESRGAN / Real-ESRGAN / SRVGGNetCompact / SwinIR-family "
                        "file in upscale_models works, e.g. realesr-animevideov3.pth (faster)."),
         "wan22_t2v_a14b_enhanced": t2v_enhanced_graph(prefix="video/wan22_t2v_enhanced_720p_32fps"),
+        "wan22_t2v_a14b_vace_control": t2v_vace_graph(prefix="video/wan22_t2v_vace_control"),
     }
 
 

@@ -27,7 +27,8 @@ API_WORKFLOW = REPO_ROOT / "workflows" / "api" / "wan22_t2v_a14b_720p.json"
 OUT_DIR = REPO_ROOT / "out"
 TINY = {"width": 64, "height": 48, "length": 5, "steps": 4}  # 5 frames -> 2 latent frames; 64x48 -> 8x6 latent; 4 steps at shift 12 = 3 high-noise + 1 low-noise
 # Which node inputs the tiny size goes to (class_type -> input names).
-TINY_INPUTS = {"WanMoEEmptyLatent": ("width", "height", "length"), "WanMoESampler": ("steps",)}
+TINY_INPUTS = {"WanMoEEmptyLatent": ("width", "height", "length"), "WanMoESampler": ("steps",),
+               "WanVaceToVideo": ("width", "height", "length"), "WanMoEControlPreprocess": ("width", "height", "length")}
 # A workflow with context windows stays windowed at the tiny size: 17 frames (5 latent) in windows of 9 frames
 # (3 latent) sharing 4 (1 latent) -> two windows, latent frames 0-2 and 2-4.
 TINY_WINDOWS = {"length": 17, "window_frames": 9, "overlap_frames": 4}
@@ -49,8 +50,8 @@ def component_of(file_name: str) -> tuple[str, str, bool]:
     key = next((k for k, v in COMFY_FILES.items() if v == file_name), None)
     if key is None:
         raise ValueError(f"{file_name!r} is not one of the public file names in wan_core/defaults.py COMFY_FILES")
-    role, precision = key.split("_", 1) if "_" in key else (key, "fp16")
-    module = {"high": "dit", "low": "dit"}.get(role, role)
+    role, precision = key.rsplit("_", 1) if "_" in key else (key, "fp16")  # vace_high_fp8 -> vace_high, fp8
+    module = {"high": "dit", "low": "dit", "vace_high": "dit", "vace_low": "dit"}.get(role, role)
     return module, role, precision == "fp8"
 
 

@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from . import interop
-from .config import COMPUTE_DTYPES, NEGATIVE_PROMPT, SWITCH_MODES, TILING, VAE_STRIDE, choice
+from .config import COMFY_FILES, COMPUTE_DTYPES, NEGATIVE_PROMPT, SWITCH_MODES, TILING, VAE_STRIDE, choice
+from .control.preprocess import ControlFrames, preprocess
+from .control.vace_latents import prepare_vace
 from .dit.attention import available_attention
 from .dit.loader import inspect_dit
 from .dit.sizes import token_count
@@ -27,7 +29,8 @@ from .io.checkpoint import file_identity, open_checkpoint
 from .memory.budget import NotEnoughMemoryError
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .lora import read_lora
-from .requests import ContextWindows, LoraRequest, ModelRequest, TextEncoderRequest, VAERequest, window_problem
+from .requests import (ContextWindows, LoraRequest, ModelRequest, TextEncoderRequest, VAERequest, vace_module_of,
+                       window_problem)
 from .dit.model import DiTConfig
 from .interop import comfy_step_inputs, velocity_from_denoised, velocity_of
 from .parallel import plan as parallel_plan
@@ -35,6 +38,7 @@ from .parallel.experts import ParallelExperts
 from .parallel.pool import release_pool
 from .sampling.experts import ExpertSource
 from .sampling.multi_gpu import SHARD, cached_experts, parallel_experts
+from .sampling.control import EXPERT_LABELS, Control
 from .sampling.sampler import sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
 from .sampling.step_cache import StepCache
@@ -49,12 +53,13 @@ from .vae.preview import latent_to_rgb
 from .vae.shapes import frames_problem, latent_shape, size_problem
 
 __all__ = [
-    "ContextWindows", "DiTConfig", "ExpertSource", "LoraRequest", "ModelRequest", "TextEncoderRequest", "VAERequest",
-    "add_loras", "available_attention", "comfy_step_inputs", "decode", "default_gpus", "empty_latent", "encode",
-    "encode_prompts", "extend_latent", "extend_problem", "frames_problem", "free_device_memory", "join_continuation",
-    "latent_to_rgb", "load_upscale_model", "plan_sampling", "plan_windows_for", "release_models", "sample",
-    "sample_with", "schedule_sigmas", "set_free_memory_callback", "size_problem", "upscale", "velocity_from_denoised",
-    "velocity_of", "window_problem",
+    "ContextWindows", "ControlFrames", "DiTConfig", "ExpertSource", "LoraRequest", "ModelRequest", "TextEncoderRequest",
+    "VAERequest", "VaceConditioning", "add_loras", "available_attention", "comfy_step_inputs", "decode", "default_gpus",
+    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
+    "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling",
+    "plan_windows_for", "preprocess_control", "release_models", "sample", "sample_with", "schedule_sigmas",
+    "set_free_memory_callback", "size_problem", "upscale", "vace_control", "velocity_from_denoised", "velocity_of",
+    "window_problem",
 ]
 
 log = logging.getLogger("wan_core.api")
@@ -190,6 +195,9 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
 
 
+_EXPERT_PATHS = {"high": "high_noise_path", "low": "low_noise_path"}
+
+
 def add_loras(model: ModelRequest, *, high: LoraRequest | None = None, low: LoraRequest | None = None) -> ModelRequest:
     """`model` with a LoRA appended to the high-noise and/or low-noise expert's stack.
 
@@ -213,7 +221,8 @@ def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ..
                          "rank holds the whole experts with their LoRAs) or remove the WanMoELoraLoader")
     settings = dict(high_path=model.high_noise_path, low_path=model.low_noise_path, weight_dtype=model.weight_dtype,
                     placement=model.placement, attention=model.attention, compute=model.compute,
-                    compile=model.compile, fp8_matmul=model.fp8_matmul, **loras)
+                    compile=model.compile, fp8_matmul=model.fp8_matmul, **loras,
+                    vace_high=vace_module_of(model, "high"), vace_low=vace_module_of(model, "low"))
     tokens, batch = token_count(inspect_dit(model.high_noise_path).config, latent), latent[0]
     if model.gpus > 1 or model.placement == SHARD:
         experts = parallel_experts(settings, gpus=model.gpus, device=device, tokens=tokens, batch=batch,
@@ -222,6 +231,26 @@ def _experts(model: ModelRequest, *, device: torch.device, latent: tuple[int, ..
             return experts
         settings["placement"] = "auto" if model.placement == SHARD else model.placement  # one device after all
     return cached_experts(**settings, device=device, tokens=tokens, batch=2 * batch)
+
+
+def _control(model: ModelRequest, schedule: Schedule, positive: list, negative: list) -> Control | None:
+    """The VACE control the conditioning carries, checked against the experts it applies to (None without one)."""
+    control = Control(interop.conditioning_to_control(positive, "positive"),
+                      interop.conditioning_to_control(negative, "negative"))
+    if not control:
+        return None
+    for name, steps in control.active_steps(schedule).items():
+        path = getattr(model, _EXPERT_PATHS[name])
+        if steps and not inspect_dit(path, vace_module_of(model, name)).config.vace_layers:
+            label = EXPERT_LABELS[name]
+            raise ValueError(
+                f"WanMoESampler: the conditioning carries a VACE control video (from WanVaceToVideo or "
+                f"WanMoEVaceControl) for {label} steps, but the {label} expert {os.path.basename(path)} has no VACE "
+                f"blocks. In the Wan2.2 MoE Model Loader choose the VACE experts ({COMFY_FILES['vace_high_fp8']} / "
+                f"{COMFY_FILES['vace_low_fp8']}), or attach VACE module files (vace_module_high / vace_module_low, "
+                "e.g. Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors) to the plain experts.")
+    log.info("%s", control.summary(schedule))
+    return control
 
 
 @dataclass(frozen=True)
@@ -242,7 +271,14 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     list spread over them. A LATENT noise_mask keeps the input latent where it is 0 (a continued clip's frames).
     `model.gpus` > 1 runs every DiT call on that many processes (wan_core.parallel), or on one device with a
     warning when the worker group cannot start.
+    VACE control in the conditioning (core WanVaceToVideo's keys, or WanMoEVaceControl's) steers the experts at the
+    steps it applies to (on one GPU).
     """
+
+    control = _control(model, schedule, positive, negative)
+    if control and (model.gpus > 1 or model.placement == SHARD):
+        raise ValueError("WanMoESampler: VACE control runs on one GPU for now (the multi-GPU forward does not carry "
+                         "the control hints): set gpus to 1 and placement to auto on the Wan2.2 MoE Model Loader")
 
     def ours(shape: tuple[int, ...], _batch: int) -> ExpertSource:
         experts = _experts(model, device=device, latent=shape, schedule=schedule, check_cancel=check_cancel)
@@ -251,7 +287,8 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
 
     try:
         return _sample(ours, schedule, positive=positive, negative=negative, latent=latent, seed=seed, device=device,
-                       callback=callback, check_cancel=check_cancel, step_cache=step_cache, windows=windows)
+                       callback=callback, check_cancel=check_cancel, step_cache=step_cache, windows=windows,
+                       control=control)
     finally:
         log.info("%s", get_cache().status())
 
@@ -261,15 +298,19 @@ def sample_with(experts: ExpertSource, schedule: Schedule, *, positive: list, ne
                 check_cancel: Callable[[], None] | None = None, windows: ContextWindows | None = None) -> SampleResult:
     """`sample` on another implementation's experts (the nodes' adapter around ComfyUI's own MODELs), without the
     step cache: it skips our WanDiT's block stack (embed / run_blocks / finish), which such experts do not expose."""
+    if interop.conditioning_to_control(positive, "positive") or interop.conditioning_to_control(negative, "negative"):
+        raise ValueError("WanMoESampler: the conditioning carries a VACE control video, but the experts come from "
+                         "WanMoEModelFromComfy (core MODELs), which this sampler drives without control hints; load "
+                         "the VACE experts with the Wan2.2 MoE Model Loader instead")
     return _sample(lambda _shape, _batch: experts, schedule, positive=positive, negative=negative, latent=latent,
                    seed=seed, device=device, callback=callback, check_cancel=check_cancel, step_cache=0.0,
-                   windows=windows)
+                   windows=windows, control=None)
 
 
 def _sample(make_experts: Callable[[tuple[int, ...], int], ExpertSource], schedule: Schedule, *, positive: list,
             negative: list, latent: dict, seed: int, device: torch.device, callback: StepCallback | None,
             check_cancel: Callable[[], None] | None, step_cache: float,
-            windows: ContextWindows | None) -> SampleResult:
+            windows: ContextWindows | None, control: Control | None) -> SampleResult:
     """The run of `sample` / `sample_with`; make_experts(shape of one expert call, CFG batch) gives the experts."""
     start = interop.latent_from_comfy(latent)
     cache = StepCache(step_cache, schedule.steps)
@@ -294,9 +335,11 @@ def _sample(make_experts: Callable[[tuple[int, ...], int], ExpertSource], schedu
                              interop.conditioning_to_contexts(negative, "negative"), latent=start, seed=seed,
                              callback=callback, check_cancel=check_cancel, device=device, step_cache=cache,
                              windows=windows, travel=travel, mask=interop.noise_mask(latent, tuple(start.shape)),
-                             cfg_batch="on" if parallel else "auto")
+                             cfg_batch="on" if parallel else "auto", control=control)
     if cache.enabled and windows is None:
         lines.append(cache.summary(schedule.steps))
+    if control:
+        lines.append(control.summary(schedule))
     return SampleResult(interop.latent_to_comfy(result, latent), "\n".join(lines))
 
 
@@ -307,6 +350,47 @@ def default_gpus() -> int:
     except ValueError as exc:
         log.warning("%s; using 1 GPU", exc)
         return 1
+
+
+# --- control ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VaceConditioning:
+    """What WanMoEVaceControl outputs: both CONDITIONINGs with the control appended, the LATENT, the trim, notes."""
+
+    positive: list
+    negative: list
+    latent: dict
+    trim_latent: int
+    notes: list[str]
+
+
+def vace_control(vae: VAERequest, positive: list, negative: list, *, width: int, height: int, length: int,
+                 batch: int, strength: float, ranges: dict[str, tuple[float, float]], device: torch.device,
+                 out_device: torch.device, control_video: torch.Tensor | None = None,
+                 control_masks: torch.Tensor | None = None, reference_image: torch.Tensor | None = None,
+                 on_frame: ProgressCallback | None = None) -> VaceConditioning:
+    """Core WanVaceToVideo's latent preparation with our VAE, plus per-expert step ranges (sampling.control)."""
+    problem = size_problem(width, height, length)
+    if problem:
+        raise ValueError(f"WanMoEVaceControl: {problem}")
+    with _advice(_VAE_ADVICE), _vae(vae, device) as model:
+        def encode(images: torch.Tensor) -> torch.Tensor:
+            latent = model.encode(interop.image_to_video(images).to(device), on_frame=on_frame, tiling="auto")
+            return interop.latent_to_comfy(latent)["samples"].to("cpu", torch.float32)
+
+        prepared = prepare_vace(encode, width=width, height=height, length=length, control_video=control_video,
+                                control_masks=control_masks, reference_image=reference_image)
+    full = all(r == (0.0, 1.0) for r in ranges.values())
+    args = (prepared.frames, prepared.mask, float(strength), None if full else dict(ranges))
+    latent = interop.empty_latent((batch, *prepared.latent_shape), out_device)
+    return VaceConditioning(interop.append_vace(positive, *args), interop.append_vace(negative, *args), latent,
+                            prepared.trim, prepared.notes)
+
+
+def preprocess_control(images: torch.Tensor, mode: str, *, on_frame: ProgressCallback | None = None,
+                       **settings) -> ControlFrames:
+    """Control frames from a clip (see `control.preprocess.preprocess` for `settings`)."""
+    return preprocess(images, mode, on_frame=on_frame, **settings)
 
 
 # --- VAE --------------------------------------------------------------------------------------------------

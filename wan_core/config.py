@@ -36,6 +36,9 @@ COMFY_FILES = {
     "t5_fp16": "umt5_xxl_fp16.safetensors",
     "t5_fp8": "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
     "vae": "wan_2.1_vae.safetensors",
+    # Wan2.2-VACE-Fun-A14B merged into each expert (control: Canny, depth, pose, reference images)
+    "vace_high_fp8": "wan2.2_fun_vace_high_noise_14B_fp8_scaled.safetensors",
+    "vace_low_fp8": "wan2.2_fun_vace_low_noise_14B_fp8_scaled.safetensors",
 }
 
 # The Lightning 4-step distillation LoRA pair (ModelTC/Wan2.2-Lightning V1.1, Comfy-Org's repackaged names) and the
@@ -82,6 +85,9 @@ TILING = ("auto", "on", "off")
 UPSCALE_MODES = ("scale", "exact size")
 UPSCALE_FITS = ("crop", "pad", "stretch")
 RESAMPLES = ("lanczos", "bicubic", "bilinear")
+# Control preprocessing (WanMoEControlPreprocess) and the VACE control's step ranges (WanMoEVaceControl).
+CONTROL_MODES = ("canny", "soft edges", "tile", "grayscale", "none")
+CONTROL_PADS = ("grey", "repeat last frame")
 
 
 def choice(name: str, value: str, options: Sequence[str]) -> str:

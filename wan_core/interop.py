@@ -7,6 +7,8 @@
   SIGMAS        1-D float tensor, n+1 sigmas ending at 0      <->  the float values (float64 out: exact timesteps)
   noise_mask    LATENT["noise_mask"], 1 = denoise, 0 = keep   <->  a mask in the latent's shape (core reshape_mask)
   MODEL step    apply_model(x, sigma = t / 1000, c_crossattn=[B, 512, 4096]) with the DiT given the integer t
+                VACE extras (core WanVaceToVideo): lists vace_frames [B, 32, T, h, w] raw latents (inactive then
+                reactive), vace_mask [1, 64, T, h, w], vace_strength; ours: wanmoe_vace_ranges  <->  VaceStreams
 
 The front door (`wan_core.api`) does every conversion through these functions; the nodes pass ComfyUI's
 objects through untouched.
@@ -23,6 +25,7 @@ from typing import Sequence
 
 from .config import LATENT_CHANNELS, TEXT_LEN
 from .dit.model import pad_text_contexts
+from .sampling.control import VaceStream
 from .vae.latent_format import denormalize, normalize
 
 log = logging.getLogger("ComfyUI-WanMoE")
@@ -30,6 +33,9 @@ log = logging.getLogger("ComfyUI-WanMoE")
 # Keys core conditioning nodes add that change how a prompt applies (area, mask, timestep range, hooks); our
 # sampler reads only the text tensor, so they are reported instead of silently doing nothing.
 UNHONOURED_KEYS = ("area", "mask", "strength", "start_percent", "end_percent", "hooks", "set_area_to_bounds")
+VACE_KEYS = ("vace_frames", "vace_mask", "vace_strength")  # core WanVaceToVideo's, appended as lists
+VACE_RANGES = "wanmoe_vace_ranges"  # ours: per stream None or {expert: (start, end)} (WanMoEVaceControl)
+VACE_MASK_CHANNELS = 64
 
 
 # --- IMAGE ------------------------------------------------------------------------------------------------
@@ -207,3 +213,94 @@ def velocity_from_denoised(step: ComfyStepInputs, denoised: torch.Tensor, like: 
     sigma = step.sigma.to(torch.float64).reshape(-1, *([1] * (step.x.dim() - 1)))
     v = (step.x.to(torch.float64) - denoised.to(device=step.x.device, dtype=torch.float64)) / sigma
     return v.to(device=like.device, dtype=torch.float32)
+
+
+# --- VACE control in CONDITIONING -------------------------------------------------------------------------
+def _vace_lists(extra: dict, label: str) -> tuple[list, list | None, list | None, list]:
+    """The VACE lists of a conditioning entry, each checked to be a list with one entry per control video."""
+    def listed(key: str) -> list | None:
+        value = extra.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"the {label} conditioning's '{key}' is a {type(value).__name__}; core WanVaceToVideo "
+                             "writes a list (one entry per control video)")
+        return list(value)
+
+    frames, masks, strengths, ranges = (listed(k) for k in (*VACE_KEYS, VACE_RANGES))
+    for key, values in ((VACE_KEYS[1], masks), (VACE_KEYS[2], strengths)):
+        if values is not None and len(values) != len(frames):
+            raise ValueError(f"the {label} conditioning has {len(frames)} VACE control videos (vace_frames) but "
+                             f"{len(values)} '{key}' entries; connect it through WanVaceToVideo or WanMoEVaceControl")
+    return frames, masks, strengths, ranges or []
+
+
+def _vace_context(frames: object, mask: object, label: str, i: int) -> torch.Tensor:
+    """[B, 96, T, h, w]: each 16-channel half of the raw control latent normalised, then the 64-channel mask."""
+    where = f"the {label} conditioning's VACE control {i}"
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 5 or frames.shape[1] != 2 * LATENT_CHANNELS:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"{where}: vace_frames is {shape}; expected [batch, 32, frames, height/8, width/8] (16 "
+                         "inactive + 16 reactive Wan2.1 latent channels, as WanVaceToVideo writes)")
+    b, _, *grid = frames.shape
+    if mask is None:
+        mask = torch.ones(1, VACE_MASK_CHANNELS, *grid)
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 5 or mask.shape[1] != VACE_MASK_CHANNELS \
+            or list(mask.shape[2:]) != grid or mask.shape[0] not in (1, b):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"{where}: vace_mask is {shape}; expected [1, 64, {grid[0]}, {grid[1]}, {grid[2]}] (the "
+                         "control mask 8x8-unshuffled to its latent frames, as WanVaceToVideo writes)")
+    frames = frames.detach().to("cpu", torch.float32)
+    parts = [normalize(frames[:, :LATENT_CHANNELS]), normalize(frames[:, LATENT_CHANNELS:]),
+             mask.detach().to("cpu", torch.float32).expand(b, -1, -1, -1, -1)]
+    context = torch.cat(parts, dim=1)
+    if not torch.isfinite(context).all():
+        raise ValueError(f"{where}: the control latents or mask hold NaN or infinite values")
+    return context
+
+
+def _vace_ranges(value: object, label: str, i: int) -> dict[str, tuple[float, float]] | None:
+    if value is None:
+        return None
+    try:
+        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(value).items()}
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise ValueError(f"the {label} conditioning's {VACE_RANGES}[{i}] is {value!r}; expected "
+                         "{expert: (start, end)}") from None
+    return ranges
+
+
+def conditioning_to_control(conditioning: list, label: str) -> tuple[VaceStream, ...]:
+    """The VACE control streams of a CONDITIONING (its first entry, as for the text): () when it has none."""
+    extra = conditioning[0][1] if conditioning and len(conditioning[0]) > 1 else {}
+    if not isinstance(extra, dict) or extra.get(VACE_KEYS[0]) is None:
+        stray = [k for k in VACE_KEYS[1:] if isinstance(extra, dict) and extra.get(k) is not None]
+        if stray:
+            raise ValueError(f"the {label} conditioning has {', '.join(stray)} but no vace_frames (the control "
+                             "latents); connect it through WanVaceToVideo or WanMoEVaceControl")
+        return ()
+    frames, masks, strengths, ranges = _vace_lists(extra, label)
+    streams = []
+    for i, item in enumerate(frames):
+        strength = 1.0 if strengths is None else strengths[i]
+        if not isinstance(strength, (int, float)) or strength != strength:
+            raise ValueError(f"the {label} conditioning's vace_strength[{i}] is {strength!r}; expected a number")
+        streams.append(VaceStream(_vace_context(item, None if masks is None else masks[i], label, i), float(strength),
+                                  _vace_ranges(ranges[i] if i < len(ranges) else None, label, i)))
+    return tuple(streams)
+
+
+def append_vace(conditioning: list, frames: torch.Tensor, mask: torch.Tensor, strength: float,
+                ranges: dict[str, tuple[float, float]] | None) -> list:
+    """A copy of a CONDITIONING with one more VACE control appended to every entry, as core WanVaceToVideo does
+    (node_helpers.conditioning_set_values(..., append=True)), plus our step ranges aligned with vace_frames."""
+    out = []
+    for entry in conditioning:
+        extra = dict(entry[1])
+        count = len(extra.get(VACE_KEYS[0]) or [])
+        for key, value in zip(VACE_KEYS, (frames, mask, strength)):
+            extra[key] = list(extra.get(key) or []) + [value]
+        previous = list(extra.get(VACE_RANGES) or [])
+        extra[VACE_RANGES] = previous[:count] + [None] * (count - len(previous)) + [ranges]
+        out.append([entry[0], extra])
+    return out

@@ -29,8 +29,8 @@ class LoraRequest:
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """The two Wan2.2 experts to sample with: files, precision, placement policy, attention backend, boundary, GPUs,
-    and each expert's LoRA stack (applied in order)."""
+    """The two Wan2.2 experts to sample with: files (and VACE module files attached to them), precision, placement
+    policy, attention backend, boundary, GPUs, and each expert's LoRA stack (applied in order)."""
 
     high_noise_path: str
     low_noise_path: str
@@ -46,6 +46,8 @@ class ModelRequest:
     gpus: int = 1  # processes (GPUs) every DiT call runs on (wan_core.parallel)
     loras_high: tuple[LoraRequest, ...] = ()
     loras_low: tuple[LoraRequest, ...] = ()
+    vace_module_high_path: str = ""  # a module-only VACE file attached to the high-noise expert ("" = none)
+    vace_module_low_path: str = ""
 
     def __post_init__(self) -> None:
         for stack in (self.loras_high, self.loras_low):
@@ -133,3 +135,8 @@ class ContextWindows:
     def latent_overlap(self) -> int:
         """Overlap in latent frames (4 pixel frames each)."""
         return self.overlap // VAE_STRIDE[0]
+
+
+def vace_module_of(request: ModelRequest, expert: str) -> str | None:
+    """The VACE module file attached to the expert "high" or "low" of a request, or None."""
+    return (request.vace_module_high_path if expert == "high" else request.vace_module_low_path) or None

@@ -107,7 +107,33 @@ EXPECTED_INPUTS = {
         ("tile_size", "INT", {"default": 0, "min": 0}),
         ("tile_overlap", "INT", {"default": 0, "min": 0}),
     ],
+    "WanMoEVaceControl": [
+        ("positive", "CONDITIONING", {}),
+        ("negative", "CONDITIONING", {}),
+        ("vae", "WANMOE_VAE", {}),
+        ("width", "INT", {"default": 832, "min": 16, "step": 16}),
+        ("height", "INT", {"default": 480, "min": 16, "step": 16}),
+        ("length", "INT", {"default": 81, "min": 1, "step": 4}),
+        ("batch_size", "INT", {"default": 1, "min": 1}),
+        ("strength", "FLOAT", {"default": 1.0, "min": 0.0}),
+        ("start_percent_high", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0}),
+        ("end_percent_high", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+        ("start_percent_low", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0}),
+        ("end_percent_low", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0}),
+    ],
+    "WanMoEControlPreprocess": [
+        ("images", "IMAGE", {}),
+        ("mode", "COMBO", {"default": "canny", "options": ["canny", "soft edges", "tile", "grayscale", "none"]}),
+        ("low_threshold", "FLOAT", {"default": 100.0}),
+        ("high_threshold", "FLOAT", {"default": 200.0}),
+        ("blur", "FLOAT", {"default": 2.0, "min": 0.0}),
+        ("width", "INT", {"default": 832, "min": 0, "step": 16}),
+        ("height", "INT", {"default": 480, "min": 0, "step": 16}),
+        ("length", "INT", {"default": 81, "min": 0, "step": 4}),
+        ("pad", "COMBO", {"default": "grey", "options": ["grey", "repeat last frame"]}),
+    ],
 }
+# node id -> {optional input name: (type, {option: exact value})}
 EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
     "WanMoEModelLoader": (["WANMOE_MODEL"], ["model"]),
     "WanMoEModelFromComfy": (["WANMOE_MODEL"], ["model"]),
@@ -124,6 +150,9 @@ EXPECTED_OUTPUTS = {  # node id -> (output types, output names)
     "WanMoEVAELoader": (["WANMOE_VAE"], ["vae"]),
     "WanMoEVAEDecode": (["IMAGE"], ["IMAGE"]),
     "WanMoEVAEEncode": (["LATENT"], ["LATENT"]),
+    "WanMoEVaceControl": (["CONDITIONING", "CONDITIONING", "LATENT", "INT"],
+                          ["positive", "negative", "latent", "trim_latent"]),
+    "WanMoEControlPreprocess": (["IMAGE"], ["images"]),
 }
 
 
@@ -139,7 +168,11 @@ EXPECTED_OPTIONAL = {
     },
     "WanMoEModelLoader": {"compute_dtype": ("COMBO", {"default": "auto", "options": ["auto", "fp32", "bf16", "fp16"]}),
                           "compile": ("BOOLEAN", {"default": False}), "fp8_matmul": ("BOOLEAN", {"default": False}),
-                          "gpus": ("INT", {"default": 1, "min": 1, "max": 8})},  # WANMOE_GPUS unset
+                          "gpus": ("INT", {"default": 1, "min": 1, "max": 8}),  # WANMOE_GPUS unset
+                          "vace_module_high": ("COMBO", {"default": "none"}),
+                          "vace_module_low": ("COMBO", {"default": "none"})},
+    "WanMoEVaceControl": {"control_video": ("IMAGE", {}), "control_masks": ("MASK", {}),
+                          "reference_image": ("IMAGE", {})},
 }
 
 
@@ -214,3 +247,16 @@ def test_lora_loader_lists_none_first_then_the_loras_folder(comfy_server, comfy_
     comfy_server.add_model("loras", b"", "wanmoe_schema_lora.safetensors")
     options = comfy_client.object_info("WanMoELoraLoader")["input"]["required"]["lora_high"][1]["options"]
     assert options[0] == "None" and "wanmoe_schema_lora.safetensors" in options
+
+
+def test_vace_module_inputs_list_the_vace_folder_and_diffusion_models(comfy_server, comfy_client):
+    (comfy_server.models_dir / "vace").mkdir(exist_ok=True)
+    (comfy_server.models_dir / "vace" / "wanmoe_schema_Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors").write_bytes(b"")
+    comfy_server.add_model("diffusion_models", b"", "wanmoe_schema_Wan2_2_Fun_VACE_module_A14B_LOW_bf16.safetensors")
+    spec = comfy_client.object_info("WanMoEModelLoader")["input"]
+    options = spec["optional"]["vace_module_low"][1]["options"]
+    assert options[0] == "none"
+    assert {"wanmoe_schema_Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors",
+            "wanmoe_schema_Wan2_2_Fun_VACE_module_A14B_LOW_bf16.safetensors"} <= set(options)
+    assert "wanmoe_schema_Wan2_2_Fun_VACE_module_A14B_HIGH_bf16.safetensors" not in \
+        spec["required"]["high_noise_model"][1]["options"]  # models/vace holds modules, never experts

@@ -2,7 +2,8 @@
 
 Generic over every workflow in workflows/: each UI file equals its API twin (converted with the server's own
 /object_info, and by the frontend itself), scripts/build_workflows.py regenerates them byte for byte, each API twin
-runs end-to-end at a tiny size on tiny checkpoints saved under the real file names, and each UI file opens in the
+runs end-to-end at a tiny size on tiny checkpoints saved under the real file names (and a tiny clip for each Load
+Video), and each UI file opens in the
 canvas with no missing node type, no Missing Models dialog and no console error of ours.
 """
 
@@ -18,7 +19,8 @@ from harness.browser import relevant_console_errors
 from harness.client import output_files
 from harness.comfy_server import REPO_ROOT
 from harness.workflow_convert import ui_to_api
-from nodes_testing import UI_WORKFLOWS, WORKFLOWS, demo, ensure_tiny_models, settled, workflow_model_files
+from nodes_testing import (UI_WORKFLOWS, WORKFLOWS, demo, ensure_tiny_models, ensure_workflow_inputs, settled,
+                           workflow_model_files)
 
 pytestmark = pytest.mark.comfy
 STEMS = [p.stem for p in UI_WORKFLOWS]
@@ -33,10 +35,11 @@ def api_twin(stem: str) -> dict:
 
 
 def expected_video(api: dict) -> tuple[int, int, int, float]:
-    """(frames, width, height, fps) the patched (tiny) workflow writes: the latent size, or what a WanMoEUpscale node
+    """(frames, width, height, fps) the patched (tiny) workflow writes: the latent size (WanMoEEmptyLatent's, or core
+    WanVaceToVideo's in a control workflow), or what a WanMoEUpscale node
     on the way to CreateVideo makes of it; a WanMoEFrameInterpolate node makes n frames (n - 1) x factor + 1 and gives
     CreateVideo its fps x factor."""
-    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] in ("WanMoEEmptyLatent", "WanVaceToVideo")]
     width, height, frames = latent["width"], latent["height"], latent["length"]
     for node in api.values():
         inputs = node["inputs"]
@@ -84,6 +87,7 @@ def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server
 
     api = demo.patch_to_tiny_size(api_twin(stem))
     ensure_tiny_models(comfy_server, workflow_model_files(stem))
+    ensure_workflow_inputs(comfy_server, stem)
     outputs = comfy_client.run(api, timeout=300)
     videos = [f for f in output_files(outputs) if f["filename"].endswith(".mp4")]
     assert len(videos) == 1, f"{stem}: outputs {outputs}"
@@ -100,7 +104,7 @@ def test_api_workflow_runs_on_tiny_checkpoints_and_writes_the_video(comfy_server
 
 def test_long_workflow_is_161_frames_in_81_frame_windows():
     api = api_twin("wan22_t2v_a14b_long")
-    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEEmptyLatent"]
+    (latent,) = [n["inputs"] for n in api.values() if n["class_type"] in ("WanMoEEmptyLatent", "WanVaceToVideo")]
     (windows,) = [n["inputs"] for n in api.values() if n["class_type"] == "WanMoEContextWindows"]
     (video,) = [n["inputs"] for n in api.values() if n["class_type"] == "CreateVideo"]
     assert (latent["length"], windows["window_frames"], windows["overlap_frames"], video["fps"]) == (161, 81, 16, 16.0)
@@ -111,6 +115,7 @@ def tiny_models_for_every_workflow(comfy_server) -> None:
     """Before any page opens (the frontend reads the model lists when it loads): every file every workflow names."""
     for stem in STEMS:
         ensure_tiny_models(comfy_server, workflow_model_files(stem))
+        ensure_workflow_inputs(comfy_server, stem)
 
 
 @pytest.mark.browser

@@ -73,6 +73,30 @@ def ensure_tiny_models(server, files: list[tuple[str, str]]) -> None:
             raise ValueError(f"no tiny writer for {folder}/{name}")
 
 
+def write_control_video(path, frames: int = 9, width: int = 64, height: int = 48) -> None:
+    """A tiny mp4 clip (a white square moving over a dark background) for workflows that load a control video."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=16)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.full((height, width, 3), 24, dtype=np.uint8)
+            rgb[12:28, 4 + 4 * i: 20 + 4 * i] = 255
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def ensure_workflow_inputs(server, stem: str) -> None:
+    """Each file a shipped workflow's LoadVideo nodes name, as a tiny clip in ComfyUI's input folder (kept if there)."""
+    api = json.loads((WORKFLOWS / "api" / f"{stem}.json").read_text())
+    for node in api.values():
+        if node["class_type"] == "LoadVideo" and not (server.input_dir / node["inputs"]["file"]).exists():
+            write_control_video(server.input_dir / node["inputs"]["file"])
+
+
 def write_tiny_set(server, tag: str, dit_layers: int | None = None) -> dict[str, str]:
     """Tiny experts, text encoder and VAE under names of this test's own (`wanmoe_<tag>_*`); returns role -> name.
 

@@ -1,8 +1,9 @@
 """DiT state-dict key names: diffusers `WanTransformer3DModel` <-> official `WanModel` (pure renames, same shapes).
 
 The table is the inverse of diffusers' own converter (scripts/convert_wan_to_diffusers.py
-TRANSFORMER_KEYS_RENAME_DICT); note the norm swap: official `norm3` (affine, before cross-attention)
-is diffusers' `norm2`.
+TRANSFORMER_KEYS_RENAME_DICT, and VACE_TRANSFORMER_KEYS_RENAME_DICT for `vace_blocks.N`: the same block names
+plus before_proj/after_proj = proj_in/proj_out); note the norm swap: official `norm3` (affine, before
+cross-attention) is diffusers' `norm2`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ _IN_BLOCK: tuple[tuple[str, str], ...] = (
     (".norm3.", ".norm2."),
     (".ffn.0.", ".ffn.net.0.proj."),
     (".ffn.2.", ".ffn.net.2."),
+    (".before_proj.", ".proj_in."),  # VACE blocks only
+    (".after_proj.", ".proj_out."),
 )
+_BLOCK_PREFIXES = ("blocks.", "vace_blocks.")
 
 
 def _rename(key: str, source: int) -> str:
     target = 1 - source
-    if key.startswith("blocks."):
+    if key.startswith(_BLOCK_PREFIXES):
         for pair in _IN_BLOCK:
             if pair[source] in key:
                 return key.replace(pair[source], pair[target], 1)

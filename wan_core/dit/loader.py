@@ -2,7 +2,8 @@
 
 Layouts: an official expert folder (config.json + sharded safetensors + index), a single file with
 or without a `model.diffusion_model.` / `model.` prefix, diffusers `WanTransformer3DModel` keys, and
-plain or scaled fp8 files (both Comfy formats). The configuration comes from the tensor shapes (and
+plain or scaled fp8 files (both Comfy formats); VACE experts merged (VACE tensors inside) or a plain expert with a
+VACE module file attached (`vace_module`, see dit.vace_files). The configuration comes from the tensor shapes (and
 an official config.json for the head count), never from the file name. The model is built on the
 meta device and each parameter is read from disk straight into its final tensor, so RAM never holds
 a second copy of the weights. `read_weights` re-reads chosen parameters exactly as loaded (to restore weights a
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -32,10 +33,11 @@ from ..io.quant.packed import dequantize_packed, logical_shape, packed_linear, r
 from ..io.reader import TensorReader
 from .keys import diffusers_to_official, is_diffusers_layout
 from .model import FP32_MODULES, DiTConfig, WanDiT
+from .vace_files import block_dtype, is_vace_key, module_config, vace_shape, with_vace
 
 log = logging.getLogger("wan_core.dit.loader")
 PREFIXES = ("model.diffusion_model.", "model.")
-_BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
+_BLOCK_LINEAR = re.compile(r"^(vace_)?blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
 _EXPECTED = ("Expected a Wan2.2-T2V-A14B expert: an official high_noise_model/ or low_noise_model/ folder, or a "
              "file such as wan2.2_t2v_high_noise_14B_fp16.safetensors / ..._fp8_scaled.safetensors in "
              "models/diffusion_models/.")
@@ -69,6 +71,9 @@ def _what_else(keys: list[str]) -> tuple[str, str] | None:
     if has("SelfAttention.") or has("shared.weight") or has("spiece_model") or has("DenseReluDense.") \
             or has("token_embedding.weight") or has("text_model.") or has(".ffn.gate.0."):
         return "a text encoder (umT5 / T5 / CLIP keys)", "Load it with the text-encoder loader."
+    if has("vace_blocks."):  # asked only of files without patch_embedding.weight
+        return "a VACE module file (VACE blocks only)", ("Choose the plain T2V expert as the model and this file as "
+                                                         "its VACE module in the model loader.")
     if has("lora_") or has(".lora.") or has("lora_down"):
         return "a LoRA, not a full model", "Apply it to a loaded model instead."
     return None
@@ -133,12 +138,13 @@ def config_from_tensors(ckpt: Checkpoint, path: Path | None = None) -> DiTConfig
     # Every released Wan model has 128-wide heads (ComfyUI's detection assumes it too).
     heads = cfg.get("num_heads") or cfg.get("num_attention_heads") or dim // 128
     try:
-        return DiTConfig(dim=dim, ffn_dim=ffn_dim, num_heads=int(heads), num_layers=max(layers) + 1, in_dim=in_dim,
-                         out_dim=head_out // math.prod(patch), text_dim=text_dim, freq_dim=freq_dim,
-                         text_len=int(cfg.get("text_len", 512)), eps=float(cfg.get("eps", 1e-6)),
-                         patch_size=tuple(patch))
+        config = DiTConfig(dim=dim, ffn_dim=ffn_dim, num_heads=int(heads), num_layers=max(layers) + 1, in_dim=in_dim,
+                           out_dim=head_out // math.prod(patch), text_dim=text_dim, freq_dim=freq_dim,
+                           text_len=int(cfg.get("text_len", 512)), eps=float(cfg.get("eps", 1e-6)),
+                           patch_size=tuple(patch))
     except (ValueError, ZeroDivisionError) as exc:
         raise CheckpointError(f"{path}: width {dim} with {heads} attention heads is not a valid Wan DiT ({exc}).") from exc
+    return with_vace(config, vace_shape(ckpt, path), path)
 
 
 # ------------------------------------------------------------------------------------------------ opening
@@ -169,7 +175,8 @@ def _logical_view(view: Checkpoint, quant: QuantLayout) -> tuple[Checkpoint, dic
     return view.with_infos(infos), stored
 
 
-def _open(path: str | Path) -> _Opened:
+def _open(path: str | Path, module: bool = False) -> _Opened:
+    """A checkpoint under official key names; `module`: a VACE module file (no patch_embedding expected)."""
     raw = open_checkpoint(path)
     view = raw.strip_prefix(PREFIXES)
     diffusers = is_diffusers_layout(view.keys())
@@ -180,7 +187,7 @@ def _open(path: str | Path) -> _Opened:
         stripped = key[len(view.prefix):] if view.prefix and key.startswith(view.prefix) else key
         source[diffusers_to_official(stripped) if diffusers else stripped] = key
     layout = "diffusers" if diffusers else "official_folder" if raw.path.is_dir() else "single_file"
-    if "patch_embedding.weight" not in view:
+    if "patch_embedding.weight" not in view and not module:
         _fail_unless_dit(view, Path(view.path))  # name what the file is before reading its quantisation
     quant = describe_quant(view)
     view, stored = _logical_view(view, quant)
@@ -190,14 +197,22 @@ def _open(path: str | Path) -> _Opened:
 _NOT_LOADED = (".comfy_quant", ".input_scale", ".scale_input")
 
 
-def inspect_dit(path: str | Path) -> DiTInfo:
-    """Configuration, layout, storage format and sizes of a DiT checkpoint, from headers only (read once per file identity)."""
+def _identity(path: str | Path) -> tuple:
     try:
-        identity = file_identity(path)
+        return file_identity(path)
     except OSError:  # missing or unreadable: let the checkpoint reader say so in its own words
         open_checkpoint(path)
         raise
-    return _inspect(identity)
+
+
+def inspect_dit(path: str | Path, vace_module: str | Path | None = None) -> DiTInfo:
+    """Configuration, layout, storage format and sizes of a DiT checkpoint (with a VACE module file attached, when
+    given: its config has the module's VACE branch and the sizes count it), from headers only, once per identity."""
+    info = _inspect(_identity(path))
+    if vace_module is None:
+        return info
+    config, module_bytes = _inspect_module(_identity(vace_module), _identity(path))
+    return replace(info, config=config, weight_bytes=info.weight_bytes + module_bytes)
 
 
 @lru_cache(maxsize=32)
@@ -215,6 +230,18 @@ def _inspect(identity: tuple) -> DiTInfo:
     stored = max(by_dtype, key=by_dtype.get)
     return DiTInfo(config, opened.layout, opened.fp8.format if opened.fp8 else None, stored, loaded,
                    Path(ckpt.path), opened.quant.summary())
+
+
+@lru_cache(maxsize=32)
+def _inspect_module(identity: tuple, base_identity: tuple) -> tuple[DiTConfig, int]:
+    """(the expert's config with the module's VACE branch, the module's weight bytes), checked against the expert."""
+    base = _inspect(base_identity)
+    opened = _open(identity[0], module=True)
+    ckpt = opened.ckpt
+    config = module_config(ckpt, Path(ckpt.path), base.config, base_path=base.path,
+                           base_dtype=block_dtype(_open(base_identity[0]).ckpt))
+    bookkeeping = opened.quant.bookkeeping_keys()
+    return config, sum(info.stored_bytes for key, info in ckpt.infos.items() if key not in bookkeeping)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -267,7 +294,7 @@ def _check_keys(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Pat
 
 
 def _width(expected: dict[str, tuple[int, ...]]) -> int:
-    return expected["patch_embedding.weight"][0]
+    return (expected.get("patch_embedding.weight") or expected["vace_patch_embedding.weight"])[0]
 
 
 def _resolve_dtypes(weight_dtype: str, compute_dtype: torch.dtype | str | None, device: torch.device) -> tuple[torch.dtype | None, torch.dtype]:
@@ -387,28 +414,50 @@ def _fill(model: WanDiT, name: str, plan: _Plan, opened: _Opened, reader: Tensor
         _assign(model, name, reader.read(name, plan.dtype_of(name, opened.ckpt.infos[name].dtype)))
 
 
+def _sources(path: str | Path, vace_module: str | Path | None) -> tuple[DiTConfig, list[tuple[_Opened, Path]]]:
+    """The model's config and its sources: the expert, and the VACE module file attached to it (checked) if any."""
+    opened = _open(path)
+    base_path = Path(opened.ckpt.path)
+    config = config_from_tensors(opened.ckpt, base_path)
+    sources = [(opened, base_path)]
+    if vace_module is not None:
+        module = _open(vace_module, module=True)
+        module_path = Path(module.ckpt.path)
+        config = module_config(module.ckpt, module_path, config, base_dtype=block_dtype(opened.ckpt),
+                               base_path=base_path)
+        sources.append((module, module_path))
+    return config, sources
+
+
 def load_dit(path: str | Path, *, device: torch.device | str = "cpu", weight_dtype: str = "auto",
-             compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa") -> WanDiT:
-    """Load a DiT expert from any supported layout straight to `device`; weight_dtype auto keeps stored precision."""
+             compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa",
+             vace_module: str | Path | None = None) -> WanDiT:
+    """Load a DiT expert from any supported layout straight to `device`; weight_dtype auto keeps stored precision.
+
+    `vace_module`: a module-only VACE file attached to the expert (its VACE tensors read from that file)."""
     device = torch.device(device)
     target, compute = _resolve_dtypes(weight_dtype, compute_dtype, device)
-    opened = _open(path)
-    ckpt, path = opened.ckpt, Path(opened.ckpt.path)
-    config = config_from_tensors(ckpt, path)
+    config, sources = _sources(path, vace_module)
+    path = sources[0][1]
 
     with torch.device("meta"):
         model = WanDiT(config, attention=attention)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    _check_keys(opened, expected, path)
-    plan = _plan(opened, model, expected, target, compute)
-    _swap_layers(model, plan, opened, compute)
+    parts = []
+    for i, (opened, source_path) in enumerate(sources):  # the expert's tensors, then the module's VACE tensors
+        mine = {k: v for k, v in expected.items() if len(sources) == 1 or (i == 0) != is_vace_key(k)}
+        _check_keys(opened, mine, source_path)
+        plan = _plan(opened, model, mine, target, compute)
+        _swap_layers(model, plan, opened, compute)
+        parts.append((opened, mine, plan))
 
-    reader = TensorReader(ckpt, opened.source, device)
-    try:
-        for name, shape in expected.items():
-            _fill(model, name, plan, opened, reader, shape)
-    finally:
-        reader.close()
+    for opened, mine, plan in parts:
+        reader = TensorReader(opened.ckpt, opened.source, device)
+        try:
+            for name, shape in mine.items():
+                _fill(model, name, plan, opened, reader, shape)
+        finally:
+            reader.close()
     log.info("dit loader: read %d tensors of %s", len(expected), path.name)
 
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn as nn
@@ -25,8 +25,11 @@ from .attention import get_attention
 from .embeddings import sinusoidal_embedding
 from .rope import RotaryEmbedding, apply_rope, apply_rope_
 
+if TYPE_CHECKING:
+    from .vace import VaceHints, VaceInput
+
 # Sub-modules the official code runs under autocast(float32) whatever the model dtype.
-FP32_MODULES = ("time_embedding", "time_projection", "head")
+FP32_MODULES = ("time_embedding", "time_projection", "head", "vace_patch_embedding")
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,14 @@ class DiTConfig:
     text_len: int = 512
     eps: float = 1e-6
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    vace_layers: int = 0  # VACE blocks (Wan2.2-VACE-Fun A14B: 8); 0 = a plain T2V expert
+    vace_in_dim: int = 96  # VACE context channels: 16 inactive + 16 reactive latent + 64 mask
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.num_heads} heads of an even width")
+        if self.vace_layers and not 0 < self.vace_layers <= self.num_layers:
+            raise ValueError(f"{self.vace_layers} VACE blocks cannot attach to {self.num_layers} main blocks")
 
     @property
     def head_dim(self) -> int:
@@ -257,6 +264,14 @@ class ForwardState:
     grid: tuple[int, int, int]  # latent grid after patching (F', H', W')
     kv: list | None = None  # per block: the cross-attention's text keys/values (filled on first use), or None
 
+    def text_kv(self, slot: int, block: "WanBlock") -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The text keys/values of `block` kept in `slot` (projected on its first use), or None without a cache."""
+        if self.kv is None:
+            return None
+        if self.kv[slot] is None:
+            self.kv[slot] = block.cross_attn.project_context(self.context)
+        return self.kv[slot]
+
 
 @dataclass
 class _TextEntry:
@@ -293,6 +308,10 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(config, attention) for _ in range(config.num_layers))
         self.head = Head(config)
         self.rope = RotaryEmbedding(config.head_dim)
+        if config.vace_layers:
+            from .vace import add_vace  # the VACE blocks build on this module's blocks
+
+            add_vace(self, attention)
         self.compute_dtype = torch.float32
         self._text_cache: dict[tuple, _TextEntry] = {}
         self.compiled = False
@@ -314,7 +333,7 @@ class WanDiT(nn.Module):
         eagerly. Per-step values (timestep, latent) are tensors, not guards, so steps do not recompile; weights
         changed in place (a merged LoRA) keep the compiled code; run-time LoRA terms added, removed or re-weighted later
         are read in the Linears' forward, so the guards see them and the blocks recompile (tests/engine/lora)."""
-        for block in self.blocks:
+        for block in [*self.blocks, *getattr(self, "vace_blocks", ())]:
             eager = block.__dict__.pop("_eager_forward", None)
             if eager is not None:
                 block.forward = eager
@@ -332,11 +351,12 @@ class WanDiT(nn.Module):
                 module.attend = attend
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor],
-                before_block: Callable[[int], None] | None = None) -> torch.Tensor:
+                before_block: Callable[[int], None] | None = None, control: "VaceInput | None" = None) -> torch.Tensor:
         """x [B, in_dim, F, H, W], t [B] on the 0..1000 scale, context [B, L, text_dim] or list of [L_i, text_dim]
-        -> velocity [B, out_dim, F, H, W] float32. `before_block(i)` runs before block i (cancellation checks)."""
+        -> velocity [B, out_dim, F, H, W] float32. `before_block(i)` runs before block i (cancellation checks);
+        `control`: VACE hints (dit.vace), only for an expert with VACE blocks."""
         state = self.embed(x, t, context)
-        state.x = self.run_blocks(state, before_block)
+        state.x = self.run_blocks(state, before_block, control)
         return self.finish(state)
 
     def embed(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor | list[torch.Tensor]) -> ForwardState:
@@ -359,7 +379,8 @@ class WanDiT(nn.Module):
         entry = self._text_cache.get(key)
         if entry is None or any(a is not b or _version(a) != v for a, (b, v) in zip(sources, entry.sources)):
             text = self.text_embedding(self.pad_context(context, batch, device))
-            entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * len(self.blocks))
+            slots = len(self.blocks) + len(getattr(self, "vace_blocks", ()))  # VACE blocks' slots follow the main ones
+            entry = _TextEntry(tuple((t, _version(t)) for t in sources), text, [None] * slots)
             if len(self._text_cache) >= TEXT_CACHE_ENTRIES:
                 self._text_cache.pop(next(iter(self._text_cache)))
             self._text_cache[key] = entry
@@ -374,20 +395,25 @@ class WanDiT(nn.Module):
         """Drop the kept text embeddings and cross-attention keys/values (end of a run, or changed weights)."""
         self._text_cache.clear()
 
-    def run_blocks(self, state: ForwardState, before_block: Callable[[int], None] | None = None) -> torch.Tensor:
+    def run_blocks(self, state: ForwardState, before_block: Callable[[int], None] | None = None,
+                   control: "VaceInput | None" = None) -> torch.Tensor:
         """The transformer blocks over the token stream: returns the new stream [B, L, dim] float32 (a new tensor;
-        `state.x` is left as it was)."""
+        `state.x` is left as it was). `control`: VACE hints (dit.vace), added after the blocks they follow."""
         x = state.x.clone()
+        hints = self.vace_hints(state, control) if control is not None else None
         for i, block in enumerate(self.blocks):
             if before_block is not None:
                 before_block(i)
-            kv = None
-            if state.kv is not None:
-                if state.kv[i] is None:
-                    state.kv[i] = block.cross_attn.project_context(state.context)
-                kv = state.kv[i]
-            x = block(x, state.e0, state.context, state.rotations, kv=kv, inplace=True)
+            x = block(x, state.e0, state.context, state.rotations, kv=state.text_kv(i, block), inplace=True)
+            if hints:
+                hints.after_block(i, x)
         return x
+
+    def vace_hints(self, state: ForwardState, control: "VaceInput") -> "VaceHints":
+        """The VACE hint streams of this forward (dit.vace), started from the patch-embedded tokens in `state`."""
+        from .vace import VaceHints
+
+        return VaceHints(self, state, control)
 
     def finish(self, state: ForwardState) -> torch.Tensor:
         """Head and unpatchify: the token stream -> velocity [B, out_dim, F, H, W] float32."""

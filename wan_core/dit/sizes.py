@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+import torch.nn as nn
 
 from .model import DiTConfig, WanDiT
 
@@ -31,11 +32,14 @@ def activation_bytes(config: DiTConfig, tokens: int, batch: int = 1) -> int:
 
 @dataclass(frozen=True)
 class ParamCounts:
-    """Parameter counts of a WanDiT shape: all, one block, and the 2-D (Linear) weights inside the blocks."""
+    """Parameter counts of a WanDiT shape: all, one block, the 2-D weights of the blocks' attention and FFN Linears
+    (VACE blocks included: what fp8 quantizes), the largest VACE block and all of them (0 without VACE)."""
 
     total: int
     block: int
     block_linear: int
+    vace_block: int = 0
+    vace_total: int = 0
 
 
 @lru_cache(maxsize=8)
@@ -43,16 +47,23 @@ def param_counts(config: object) -> ParamCounts:
     """Counts of a DiTConfig, from a meta-device model built once per config (about 0.8 s at the A14B size)."""
     with torch.device("meta"):
         model = WanDiT(config)
+    vace = getattr(model, "vace_blocks", None) or nn.ModuleList()
     return ParamCounts(total=sum(p.numel() for p in model.parameters()),
                        block=sum(p.numel() for p in model.blocks[0].parameters()),
-                       block_linear=sum(p.numel() for p in model.blocks.parameters() if p.dim() == 2))
+                       block_linear=sum(p.numel() for blocks in (model.blocks, vace)
+                                        for name, p in blocks.named_parameters()
+                                        if p.dim() == 2 and "_proj." not in name),
+                       vace_block=max((sum(p.numel() for p in b.parameters()) for b in vace), default=0),
+                       vace_total=sum(p.numel() for p in vace.parameters()))
 
 
 def stream_bytes_for(config: object, bytes_per_param: float) -> int:
-    """Exact streaming footprint of a WanDiT shape: non-block weights plus two blocks, at `bytes_per_param`."""
+    """Streaming footprint of a WanDiT shape at `bytes_per_param`: the non-block weights plus two blocks (three with
+    VACE blocks, which stream as their own list: the running block and one prefetched per list)."""
     counts = param_counts(config)
-    other = counts.total - counts.block * config.num_layers
-    return int((other + 2 * counts.block) * bytes_per_param)
+    other = counts.total - counts.block * config.num_layers - counts.vace_total
+    largest = max(counts.block, counts.vace_block)
+    return int((other + (3 if counts.vace_total else 2) * largest) * bytes_per_param)
 
 
 def weight_bytes(config: DiTConfig, weight_dtype: torch.dtype | None, *, stored_bytes: int,

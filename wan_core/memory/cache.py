@@ -47,6 +47,14 @@ Reuse = Callable[[nn.Module], None]  # turns a loaded module of one variant into
 FreeMemoryCallback = Callable[[int, torch.device], None]
 
 
+def _streamer(module: nn.Module, blocks: str | tuple[str, ...], device: torch.device, *, prefetch: bool,
+              resident: int) -> BlockStreamer:
+    """A BlockStreamer over the block list named first, plus the other named lists `module` has."""
+    first, *others = (blocks,) if isinstance(blocks, str) else blocks
+    more = [getattr(module, name) for name in others if getattr(module, name, None) is not None]
+    return BlockStreamer(module, getattr(module, first), device, prefetch=prefetch, resident=resident, more=more)
+
+
 class _CacheViews:
     """Read-only views of a cache's entries (what is held where), for callers and status lines."""
 
@@ -148,10 +156,10 @@ class ModelCache(_CacheViews):
             return module
 
     def stream(self, key: CacheKey, load: Loader, *, size_bytes: int, device: torch.device | str,
-               prefetch: bool = True, pin: bool = True, blocks: str = "blocks", lock: bool = False,
+               prefetch: bool = True, pin: bool = True, blocks: str | tuple[str, ...] = "blocks", lock: bool = False,
                resident: int = 0, reuse: Reuse | None = None) -> nn.Module:
         """The model for `key` kept in RAM with its `blocks` streamed to `device` one at a time (the first `resident`
-        kept there; see BlockStreamer)."""
+        kept there; see BlockStreamer). Several names: the first list, then those of the others the module has."""
         device = torch.device(device)
         with self._lock:
             entry = self._entries.get(key)
@@ -162,7 +170,7 @@ class ModelCache(_CacheViews):
                 return entry.module
             module = self.get(key, load, size_bytes=size_bytes, device="cpu", pin=pin, reuse=reuse)
             entry = self._entries[key]
-            streamer = BlockStreamer(module, getattr(module, blocks), device, prefetch=prefetch, resident=resident)
+            streamer = _streamer(module, blocks, device, prefetch=prefetch, resident=resident)
             if device.type != "cpu":
                 self._make_room(streamer.device_bytes(), device, exclude=(key,), what=f"streaming {key.label}")
             entry.locks += 1  # streaming memory must not evict the entry being streamed

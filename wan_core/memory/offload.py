@@ -11,7 +11,7 @@ copies and no stream.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -121,16 +121,23 @@ class BlockStreamer:
     copy block i to the device before its forward and put the host tensors back after it. With `prefetch`,
     block i+1 (wrapping to 0 for the next forward) is copied while block i runs, on a side CUDA stream. The first
     `resident` blocks stay on the device for as long as the streamer is attached (fewer copies per step for the
-    device memory they take).
+    device memory they take). `more`: further block lists (a control branch's blocks) streamed the same way, each
+    prefetching its own next block, so a list that does not run in a forward is not copied for it.
     detach() puts every host tensor back and drops all device copies; it allocates nothing, so it cannot
     fail for lack of memory, and it is safe after an exception in the middle of a forward.
     """
 
     def __init__(self, module: nn.Module, blocks: nn.ModuleList, device: torch.device | str, *,
-                 prefetch: bool = True, resident: int = 0) -> None:
+                 prefetch: bool = True, resident: int = 0, more: Sequence[nn.ModuleList] = ()) -> None:
         self.module, self.device = module, torch.device(device)
         self.resident = max(0, min(int(resident), len(blocks)))
-        self.blocks = list(blocks)[self.resident:]  # the streamed ones
+        groups = [g for g in [list(blocks)[self.resident:]] + [list(m) for m in more] if g]
+        self.blocks = [b for g in groups for b in g]  # the streamed ones
+        self._next: list[int] = []  # block i prefetches block _next[i]: the next of its own list, wrapping
+        for g in groups:
+            start = len(self._next)
+            self._next += [start + (j + 1) % len(g) for j in range(len(g))]
+        self._groups = len(groups)
         self.prefetch = prefetch
         block_ids = {id(m) for b in self.blocks for m in b.modules()}
         self._block_slots = [list(tensor_slots(b)) for b in self.blocks]
@@ -145,11 +152,12 @@ class BlockStreamer:
         self.max_blocks_on_device = 0
 
     def device_bytes(self) -> int:
-        """Bytes the streamer needs on the device: everything outside the streamed blocks plus two of them."""
+        """Bytes the streamer needs on the device: everything outside the streamed blocks plus the running block and
+        one prefetched per block list (two blocks for one list)."""
         other = _slot_bytes([self._host.get(s, read_slot(s)) for s in self._other_slots])
         block = max((_slot_bytes([self._host.get(s, read_slot(s)) for s in slots]) for slots in self._block_slots),
                     default=0)
-        return other + 2 * block if self.blocks else other
+        return other + (1 + self._groups) * block if self.blocks else other
 
     def bytes_by_tier(self) -> dict[str, int]:
         """Accounting for the cache: host tensors on their pool, the streaming reserve on the device."""
@@ -224,7 +232,7 @@ class BlockStreamer:
                     write_slot(slot, t)
                 self._active.add(i)
                 if self.prefetch:
-                    self._stage((i + 1) % len(self.blocks), self._side)
+                    self._stage(self._next[i], self._side)
                 self.max_blocks_on_device = max(self.max_blocks_on_device, len(self._active) + len(self._staged))
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc) or isinstance(exc, NotEnoughMemoryError):

@@ -34,13 +34,13 @@ WORKER_EXPERTS = {False: "wan_core.sampling.multi_gpu:cached_experts",
 def cached_experts(*, high_path: str, low_path: str, weight_dtype: str, placement: str, attention: str,
                    device: torch.device, tokens: int = 0, batch: int = 1, compute: str = "auto",
                    compile: bool = False, fp8_matmul: bool = False, loras_high: tuple = (),
-                   loras_low: tuple = ()) -> CachedExperts:
-    """Both experts as a cache-backed ExpertSource on `device`, each with its LoRA stack ((file, strength), ...),
-    with room kept for `tokens` x `batch` activations."""
+                   loras_low: tuple = (), vace_high: str | None = None, vace_low: str | None = None) -> CachedExperts:
+    """Both experts as a cache-backed ExpertSource on `device`, each with its LoRA stack ((file, strength), ...)
+    and attached VACE module file (None: none), with room kept for `tokens` x `batch` activations."""
     specs = [dit_expert_spec(path, device=device, weight_dtype=weight_dtype, attention=attention,
                              compute_dtype=None if compute == "auto" else compute, compile=compile,
-                             fp8_matmul=fp8_matmul, loras=loras)
-             for path, loras in ((high_path, loras_high), (low_path, loras_low))]
+                             fp8_matmul=fp8_matmul, loras=loras, vace_module=vace)
+             for path, loras, vace in ((high_path, loras_high, vace_high), (low_path, loras_low, vace_low))]
     working = activation_bytes(inspect_dit(high_path).config, tokens, batch) if tokens else 0
     return CachedExperts(*specs, device=device, placement=placement, working_bytes=working)
 

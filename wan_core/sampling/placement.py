@@ -29,13 +29,14 @@ from ..dit.sizes import param_counts, stream_bytes_for, weight_bytes
 from ..io.checkpoint import file_identity
 from ..io.quant import FP8_DTYPES
 from ..io.quant.fp8 import use_fp8_matmul
-from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..lora import apply_stack, runtime_bytes
+from ..memory.budget import NotEnoughMemoryError, gib, tier_of
 from ..memory.cache import CacheKey, Loader, ModelCache, Reuse, get_cache
 from .experts import EXPERT_NAMES
 
 log = logging.getLogger("wan_core.sampling.placement")
 
+STREAMED_BLOCKS = ("blocks", "vace_blocks")  # a DiT's block lists streamed under 'stream' (VACE blocks when present)
 STREAM_FRACTION = 0.1  # device share of an expert while streaming when the spec does not say (A14B: ~6.6%)
 
 
@@ -64,19 +65,21 @@ class ExpertSpec:
 def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtype: str = "auto",
                     compute_dtype: torch.dtype | str | None = None, attention: str = "sdpa", compile: bool = False,
                     fp8_matmul: bool = False, loras: Sequence[tuple[str, float]] = (),
+                    vace_module: str | Path | None = None,
                     **settings: object) -> ExpertSpec:
     """ExpertSpec of a DiT file loaded by `dit_loader.load_dit` with a LoRA stack (headers read now, weights on first
     use).
 
-    The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it) and
-    `settings`; the LoRA stack ((file, strength), ... ; strength 0 left out) is its variant, so an entry with
-    another stack of the same file is changed in place instead of re-read. The attention backend and torch.compile
-    of the blocks are applied on activation (they change no tensor, so cached entries stay shared across them).
+    The key holds the file identity, weight_dtype, compute_dtype (fp8 layers store their bias in it), the
+    identity of an attached VACE module file and `settings`; the LoRA stack ((file, strength), ... ; strength 0
+    left out) is its variant, so an entry with another stack of the same file is changed in place instead of
+    re-read. The attention backend and torch.compile of the blocks are applied on activation (they change no
+    tensor, so cached entries stay shared across them).
     """
     device = torch.device(device)
     compute = compute_dtype if compute_dtype is not None else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    info = inspect_dit(path)
+    info = inspect_dit(path, vace_module)
     stored = WEIGHT_DTYPES[weight_dtype]
     size = weight_bytes(info.config, stored, stored_bytes=info.weight_bytes, stored_dtype=info.stored_dtype)
     params = param_counts(info.config).total
@@ -84,6 +87,8 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
     if stack and (stored in FP8_DTYPES or (stored is None and info.fp8)):  # run-time terms on the fp8 Linears
         size += runtime_bytes(stack, info.config, 4 if compute in (torch.float32, "fp32") else 2)
     variant = tuple((f"{Path(p).name} x{s:g}", *file_identity(p), s) for p, s in stack)
+    if vace_module is not None:
+        settings = {**settings, "vace_module": file_identity(vace_module)}
     key = CacheKey.for_file("dit", path, variant=variant, weight_dtype=weight_dtype, compute_dtype=str(compute),
                             **settings)
 
@@ -91,7 +96,8 @@ def dit_expert_spec(path: str | Path, *, device: torch.device | str, weight_dtyp
         apply_stack(module, stack, base_path=path, weight_dtype=weight_dtype, work_device=device)
 
     def load(dev: torch.device) -> nn.Module:
-        module = load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention)
+        module = load_dit(path, device=dev, weight_dtype=weight_dtype, compute_dtype=compute, attention=attention,
+                          vace_module=vace_module)
         if stack:
             reuse(module)
         return module
@@ -253,7 +259,8 @@ class CachedExperts:
             if self.plan.policy == "stream":
                 module = self.cache.stream(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                            prefetch=self.prefetch, pin=self.pin, lock=lock,
-                                           resident=self.plan.resident_blocks, reuse=spec.reuse)
+                                           resident=self.plan.resident_blocks, reuse=spec.reuse,
+                                           blocks=STREAMED_BLOCKS)
             else:
                 module = self.cache.get(spec.key, spec.load, size_bytes=spec.size_bytes, device=self.device,
                                         lock=lock, reuse=spec.reuse)

@@ -8,7 +8,8 @@ Differences that are choices, not accidents:
   * noise comes from a CPU torch.Generator (fp32 randn in the latent's shape, as ComfyUI's
     `prepare_noise`), so a seed gives the same video on any machine (official: CUDA generator);
   * cond and uncond may run as one batch of 2 (same result, fewer kernel launches);
-  * guidance 1.0 skips the unconditional pass for that expert.
+  * guidance 1.0 skips the unconditional pass for that expert;
+  * VACE control (sampling.control) reaches each expert call only at the steps its streams apply at.
 Beyond the official loop: context windows for videos longer than the model's window (windows.py: every expert
 call per window, velocities blended), prompt lists over those windows, and kept regions (masking.py: ComfyUI's
 noise_mask, how a clip is continued from its last frames).
@@ -26,6 +27,7 @@ from ..config import BOUNDARY, CFG_BATCH_MODES, GUIDE_HIGH, GUIDE_LOW, SHIFT, ST
 from ..dit.sizes import activation_bytes, token_count
 from ..memory.budget import fits
 from ..requests import ContextWindows
+from .control import BoundControl, Control
 from .experts import ExpertSource
 from .masking import KeptRegion
 from .schedule import Schedule, build_schedule
@@ -68,7 +70,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     cfg_batch: str = "auto", device: torch.device | str = "cpu",
                     step_cache: StepCache | None = None, windows: ContextWindows | None = None,
                     travel: Sequence[Sequence[torch.Tensor]] | None = None,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
+                    mask: torch.Tensor | None = None, control: Control | None = None) -> torch.Tensor:
     """Run a prepared `Schedule` with the experts of `experts`; returns the final latent (fp32, CPU).
 
     positive / negative: text contexts [L, 4096], one per batch item or one for all (negative may be
@@ -79,7 +81,8 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     the run ends. `step_cache`: a StepCache deciding per step whether the experts' blocks run (its counters tell what
     it skipped; not used with windows, see `_denoiser`). windows: sample in overlapping temporal windows
     (sampling/windows.py); travel: a prompt list (each like `positive`) scheduled over those windows instead of
-    `positive`. mask: keep `latent` where it is 0 (sampling/masking.py).
+    `positive`. mask: keep `latent` where it is 0 (sampling/masking.py). control: VACE streams of the positive /
+    negative conditioning (checked against the latent's shape; not with windows).
     """
     if cfg_batch not in CFG_BATCH_MODES:
         raise ValueError(f"cfg_batch must be one of {CFG_BATCH_MODES}, got '{cfg_batch}'")
@@ -98,6 +101,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                          "or give one prompt")
     if mask is not None and latent is None:
         raise ValueError("a noise mask keeps parts of the input latent, so it needs an input latent")
+    bound = _bind_control(control, plan, schedule, shape, device)
 
     if schedule.steps == 0:
         if latent is None:
@@ -124,7 +128,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                 step_cache.begin_step(i, name)
             # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
             timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
-            velocity = velocity_at(model, name, x, timestep, guidance)
+            velocity = velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which))
             if kept is not None:
                 velocity = kept.velocity(velocity, x, sigma)
             if callback is not None:
@@ -139,6 +143,18 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     return x.to("cpu", torch.float32)
 
 
+def _bind_control(control: Control | None, plan: WindowPlan | None, schedule: Schedule, shape: tuple[int, ...],
+                  device: torch.device | str) -> BoundControl | None:
+    """The run's VACE control checked against the latent and bound to its steps (None without one)."""
+    if not control:
+        return None
+    if plan is not None:
+        raise ValueError("a VACE control video with context windows is not supported yet: sample the controlled "
+                         "video without context windows (at most 81 frames), or disconnect the control")
+    control.check(shape)
+    return control.bind(schedule, shape[0], device)
+
+
 def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
     """The first x: pure noise (the official start), or the input latent noised to the first sigma."""
     if schedule.from_noise:
@@ -150,13 +166,14 @@ def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None)
     return sigma0 * noise.to(torch.float32) + (1.0 - sigma0) * latent.detach().to("cpu", torch.float32)
 
 
-Denoiser = Callable[[torch.nn.Module, str, torch.Tensor, torch.Tensor, float], torch.Tensor]
+Denoiser = Callable[[torch.nn.Module, str, torch.Tensor, torch.Tensor, float, Callable[[str], dict]], torch.Tensor]
 
 
 def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | None, plan: WindowPlan | None,
               cfg_batch: str, device: torch.device, check_cancel: Callable[[], None] | None,
               step_cache: StepCache | None) -> Denoiser:
-    """(expert, its name, x, timestep, guidance) -> guided velocity of the whole latent, per window when `plan`.
+    """(expert, its name, x, timestep, guidance, vace) -> guided velocity of the whole latent, per window when `plan`;
+    vace(which) gives the `control` argument of the "cond", "uncond" or "both" call.
 
     The step cache runs only without windows: it keeps a residual per pass, which with windows would be one per
     window and grow with the video (the run is then as without it).
@@ -166,32 +183,39 @@ def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | No
     cached = step_cache is not None and plan is None
 
     def velocity_at(model: torch.nn.Module, name: str, x: torch.Tensor, timestep: torch.Tensor,
-                    guidance: float) -> torch.Tensor:
+                    guidance: float, vace: Callable[[str], dict]) -> torch.Tensor:
         call = partial(step_cache, model) if cached else model
 
         def run(window: Window | None, xs: torch.Tensor) -> torch.Tensor:
             cond = prompts[window.prompt if window is not None else 0]
             if guidance == 1.0:
-                return call(xs, timestep, cond, before_block=before_block).float()
+                return call(xs, timestep, cond, before_block=before_block, **vace("cond")).float()
             if name not in batched:  # decided on the first call's (window-sized) latent
                 batched[name] = _use_cfg_batch(cfg_batch, model, xs, device)
-            return _guided(call, xs, timestep, cond, uncond, guidance, batched[name], before_block)
+            return _guided(call, xs, timestep, cond, uncond, guidance, batched[name], before_block, vace)
 
         return run(None, x) if plan is None else blend(plan, x, run, check_cancel)
 
     return velocity_at
 
 
+def _vace(bound: BoundControl | None, step: int, which: str) -> dict:
+    """The `control` argument of one expert call ({} when no VACE stream applies: the plain call)."""
+    vace = bound.forward_input(step, which) if bound is not None else None
+    return {"control": vace} if vace is not None else {}
+
+
 def _guided(model: Callable[..., torch.Tensor], x: torch.Tensor, timestep: torch.Tensor, cond: list[torch.Tensor],
             uncond: list[torch.Tensor], guidance: float, batched: bool,
-            before_block: Callable[[int], None] | None) -> torch.Tensor:
+            before_block: Callable[[int], None] | None, vace: Callable[[str], dict] = lambda _which: {}) -> torch.Tensor:
     """Classifier-free guided velocity, cond and uncond as one batch of 2B or as two passes."""
     if batched:
-        both = model(torch.cat([x, x]), torch.cat([timestep, timestep]), cond + uncond, before_block=before_block)
+        both = model(torch.cat([x, x]), torch.cat([timestep, timestep]), cond + uncond, before_block=before_block,
+                     **vace("both"))
         v_cond, v_uncond = both.float().chunk(2)
     else:
-        v_cond = model(x, timestep, cond, before_block=before_block).float()
-        v_uncond = model(x, timestep, uncond, before_block=before_block).float()
+        v_cond = model(x, timestep, cond, before_block=before_block, **vace("cond")).float()
+        v_uncond = model(x, timestep, uncond, before_block=before_block, **vace("uncond")).float()
     # Same operation order as the official loop: uncond + g * (cond - uncond).
     return v_uncond + guidance * (v_cond - v_uncond)
 

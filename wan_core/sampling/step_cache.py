@@ -19,6 +19,8 @@ from typing import Callable
 
 import torch
 
+from ..dit.vace import VaceInput
+
 MIN_STEPS = 10
 WARMUP = 2
 
@@ -66,16 +68,21 @@ class StepCache:
         return f"step cache (threshold {self.threshold:g}): skipped {len(self.skipped)} of {total_steps} steps"
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, context,
-                 before_block: Callable[[int], None] | None = None) -> torch.Tensor:
-        """The expert's velocity for (x, t, context), its blocks run or skipped as decided for this step."""
+                 before_block: Callable[[int], None] | None = None, control: VaceInput | None = None) -> torch.Tensor:
+        """The expert's velocity for (x, t, context), its blocks run or skipped as decided for this step.
+
+        `control` (VACE hints) goes to the blocks; a residual is reused only under the same control (contexts and
+        strengths), so switching a control on or off at a step runs that step in full."""
         if not self.enabled:
-            return model(x, t, context, before_block=before_block)
+            return model(x, t, context, before_block=before_block,
+                         **({"control": control} if control is not None else {}))
         if not all(hasattr(model, stage) for stage in ("embed", "run_blocks", "finish")):
             raise TypeError(f"step caching needs an expert with the WanDiT forward stages embed / run_blocks / finish; "
                             f"{type(model).__name__} has not (run it with step_cache 0)")
         state = model.embed(x, t, context)
         tokens = state.x
         key = tuple(id(c) for c in ((context,) if isinstance(context, torch.Tensor) else context))
+        key += _control_key(control)
         expert = self._state
         first_pass = self._skip is None
         if first_pass:
@@ -85,7 +92,7 @@ class StepCache:
             if first_pass:
                 self.skipped.append(self._step)
         else:
-            state.x = model.run_blocks(state, before_block)
+            state.x = model.run_blocks(state, before_block, **({"control": control} if control is not None else {}))
             expert.residuals[key] = state.x - tokens
             if first_pass:
                 self._measure(tokens, state.x)
@@ -112,6 +119,13 @@ class StepCache:
             expert.rate = _rel(out, expert.full_out) / moved if moved > 0 else None
         expert.full_in, expert.full_out = _probe(tokens), _probe(out)
         expert.accumulated = 0.0
+
+
+def _control_key(control: VaceInput | None) -> tuple:
+    """What a residual computed under `control` depends on: its context tensors and strengths (() for none)."""
+    if control is None:
+        return ()
+    return tuple(id(c) for c in control.contexts) + tuple(tuple(s.tolist()) for s in control.strengths)
 
 
 def _probe(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Layouts: the official Wan-AI expert folder (config.json + sharded safetensors + index), single files
 with or without a `model.diffusion_model.` / `model.` prefix, diffusers `WanTransformer3DModel` keys,
 and both scaled-fp8 formats ComfyUI reads (older `scaled_fp8` marker + `.scale_weight`, newer
-`_quantization_metadata` header entry + `.weight_scale`).
+`_quantization_metadata` header entry + `.weight_scale`). VACE experts (Wan2.2-VACE-Fun): merged files (the
+expert with `vace_patch_embedding` + `vace_blocks` inside, as Comfy-Org's) and module-only files (the VACE tensors
+alone, as Kijai's `Wan2_2_Fun_VACE_module_A14B_*` files attached to a plain expert).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +25,9 @@ from ...io.quant import quantize_fp8
 
 # 128-wide heads like every released Wan model (ComfyUI derives num_heads = dim // 128).
 TINY_DIT_CONFIG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=4096, freq_dim=256)
+# A VACE expert: 4 main blocks, VACE blocks after blocks 0 and 2 (the A14B mapping's stride, 40 // 8 = 5, in small).
+TINY_VACE_CONFIG = replace(TINY_DIT_CONFIG, num_layers=4, vace_layers=2)
+VACE_PREFIXES = ("vace_patch_embedding.", "vace_blocks.")
 
 # A 64-wide, 32-token text context: about 10x cheaper than TINY_DIT_CONFIG, for sampling-loop tests.
 FAST_DIT_CONFIG = DiTConfig(dim=256, ffn_dim=512, num_heads=2, num_layers=2, text_dim=64, text_len=32)
@@ -38,8 +44,8 @@ def perturbed_dit(seed: int, config: DiTConfig = FAST_DIT_CONFIG) -> WanDiT:
 
 
 # Linears inside the blocks: what Comfy-Org's fp8_scaled Wan files store as fp8.
-_BLOCK_LINEAR = re.compile(r"^blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
-_ROLE_SEEDS = {"high": 0, "low": 7919}
+_BLOCK_LINEAR = re.compile(r"^(vace_)?blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
+_ROLE_SEEDS = {"high": 0, "low": 7919, "vace_high": 104729, "vace_low": 1299709}
 
 
 def official_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -154,11 +160,23 @@ def write_quant_metadata_file(path: str | Path, sd: dict[str, torch.Tensor], pre
     return path
 
 
+def split_vace(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the plain expert's tensors, the VACE module's tensors) of a merged VACE state dict."""
+    module = {k: v for k, v in sd.items() if k.startswith(VACE_PREFIXES)}
+    return {k: v for k, v in sd.items() if k not in module}, module
+
+
+def write_vace_module_file(path: str | Path, sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A module-only VACE file (Kijai's Wan2_2_Fun_VACE_module_A14B_* layout): the VACE tensors of `sd` alone."""
+    return write_single_file(path, {k: v.to(dtype) for k, v in split_vace(sd)[1].items()})
+
+
 def write_comfy_file(path: str | Path, role: str, fp8: bool, seed: int = 0) -> Path:
-    """A tiny expert under a ComfyUI file name: role "high"/"low" (different weights), fp8 scaled or fp16."""
+    """A tiny expert under a ComfyUI file name: role "high"/"low" (different weights), or "vace_high"/"vace_low" (a
+    merged VACE expert, as wan2.2_fun_vace_*_14B_*), fp8 scaled or fp16."""
     if role not in _ROLE_SEEDS:
-        raise ValueError(f"role must be 'high' or 'low', got {role!r}")
-    sd = random_state_dict(TINY_DIT_CONFIG, seed + _ROLE_SEEDS[role])
+        raise ValueError(f"role must be one of {', '.join(_ROLE_SEEDS)}, got {role!r}")
+    sd = random_state_dict(TINY_VACE_CONFIG if role.startswith("vace_") else TINY_DIT_CONFIG, seed + _ROLE_SEEDS[role])
     if fp8:
         return write_scaled_fp8_file(path, sd, other_dtype=torch.float16)
     return write_single_file(path, {k: v.to(torch.float16) for k, v in sd.items()})
