@@ -8,8 +8,9 @@ from ..wan_core import api
 from ..wan_core.config import (COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
                                TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPE_OPTIONS)
 
-from .model_files import diffusion_model_choices, file_choices, full_path, not_listed
+from .model_files import diffusion_model_choices, file_choices, fingerprint, full_path, not_listed
 from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType, boundary_input
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 
@@ -72,13 +73,17 @@ class WanMoEModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, high_noise_model: str, low_noise_model: str) -> bool | str:
+    def validate_inputs(cls, **values) -> bool | str:
         choices = diffusion_model_choices()
-        for name in (high_noise_model, low_noise_model):
-            message = not_listed("diffusion_models", name, choices)
+        for key in ("high_noise_model", "low_noise_model"):
+            message = not_listed("diffusion_models", values[key], choices) if key in values else None
             if message:
                 return message
-        return True
+        return widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, high_noise_model: str, low_noise_model: str, **_settings) -> object:
+        return fingerprint("diffusion_models", high_noise_model), fingerprint("diffusion_models", low_noise_model)
 
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
@@ -121,8 +126,14 @@ class WanMoETextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder: str) -> bool | str:
-        return not_listed("text_encoders", text_encoder, file_choices("text_encoders")) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        listed = not_listed("text_encoders", values["text_encoder"], file_choices("text_encoders")) \
+            if "text_encoder" in values else None
+        return listed or widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, text_encoder: str, **_settings) -> object:
+        return fingerprint("text_encoders", text_encoder)
 
     @classmethod
     def execute(cls, text_encoder: str, device: str, dtype: str) -> io.NodeOutput:
@@ -151,8 +162,13 @@ class WanMoEVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae: str) -> bool | str:
-        return not_listed("vae", vae, file_choices("vae")) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        listed = not_listed("vae", values["vae"], file_choices("vae")) if "vae" in values else None
+        return listed or widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, vae: str, **_settings) -> object:
+        return fingerprint("vae", vae)
 
     @classmethod
     def execute(cls, vae: str, dtype: str) -> io.NodeOutput:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..io.quant.linear import dequantized_once
-from .attention import get_attention
+from .attention import attend_in_chunks, get_attention
 from .embeddings import sinusoidal_embedding
 from .rope import RotaryEmbedding, apply_rope, apply_rope_
 
@@ -143,7 +143,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
-        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+        return self.o(attend_in_chunks(self.attend, q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
 
 
 class SelfAttention(Attention):

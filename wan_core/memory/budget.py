@@ -28,7 +28,10 @@ class NotEnoughMemoryError(RuntimeError):
         self.needed, self.free, self.device = needed, free, device
 
     def advise(self, advice: str) -> "NotEnoughMemoryError":
-        """The same error with the caller's advice (which of its settings would make it fit) appended."""
+        """The same error with the caller's advice (which of its settings would make it fit) appended, unless the
+        message already says what would make it fit."""
+        if "To fit:" in str(self):
+            return self
         return NotEnoughMemoryError(f"{self} {advice}", needed=self.needed, free=self.free, device=self.device)
 
 
