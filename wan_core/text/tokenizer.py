@@ -74,6 +74,9 @@ class Tokenizer:
             self.eos_id = int(self._spm.eos_id())
             self.pad_id = max(int(self._spm.pad_id()), 0)
             self.vocab_size = int(self._spm.get_piece_size())
+            if self.vocab_size < 3 or not 0 <= self.eos_id < self.vocab_size:
+                raise CheckpointError(f"{source or 'tokenizer'}: a SentencePiece model with {self.vocab_size} pieces "
+                                      "and no '</s>'; it is empty or corrupt. Download the tokenizer again.")
         elif tokenizer_json is not None:
             try:
                 from tokenizers import Tokenizer as FastTokenizer
