@@ -237,11 +237,14 @@ def _replace_member(archive: bytes, suffix: str, content: bytes | None) -> bytes
 
 def _torchscript() -> bytes:
     import io
+    import warnings
 
     import torch
 
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; such files still circulate
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), buffer)
     return buffer.getvalue()
 
 

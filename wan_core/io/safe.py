@@ -32,10 +32,12 @@ _SHOWN = 80
 
 
 def shown(name: object, limit: int = _SHOWN) -> str:
-    """A file-provided name as it may appear in a message: quoted, control characters escaped, at most `limit` chars."""
+    """A file-provided value as it may appear in a message: control characters escaped, at most `limit` characters,
+    strings quoted."""
     text = name if isinstance(name, str) else repr(name)
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return repr(text) if isinstance(name, str) else text
 
 
 def regular_file(path: Path, what: str = "model file") -> os.stat_result:
