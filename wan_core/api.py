@@ -359,6 +359,7 @@ def decode(request: VAERequest, latent: dict, *, device: torch.device, tiling: s
     """Core LATENT -> core IMAGE [B*F, 8h, 8w, 3] in 0..1 (tile sizes in image pixels, 0 = automatic)."""
     normalised = interop.latent_from_comfy(latent)
     tiles = _tile_args(tiling, tile_px, overlap_px)
+    log.info("decoding a latent of %s on %s (tiling %s)", tuple(normalised.shape), device, tiling)
     with _advice(_VAE_ADVICE), _vae(request, device) as vae:
         video = vae.decode(normalised.to(device), on_frame=on_frame, check=check_cancel, **tiles)
     return interop.video_to_image(video)

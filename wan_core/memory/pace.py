@@ -22,6 +22,10 @@ import torch
 # attention), well under 0.1 s on a current GPU, so normal runs split large calls into a few pieces only.
 WORK_PER_CHECK = {"cpu": 32e9, "cuda": 64e12}
 OTHER_DEVICE_WORK = 4e12
+# Output elements between two checks for memory-bound calls (convolutions with few channels run at a few million
+# outputs per second on a loaded 2-core CPU, far below their flop rate).
+ELEMENTS_PER_CHECK = {"cpu": 1e6, "cuda": 4e9}
+OTHER_DEVICE_ELEMENTS = 2e8
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,21 @@ class Pace:
         kind = torch.device(device).type
         return WORK_PER_CHECK.get(kind, OTHER_DEVICE_WORK)
 
-    def rows(self, total: int, work_per_row: float, device: torch.device | str, multiple: int = 1) -> int:
-        """How many of `total` independent rows one chunk holds: a multiple of `multiple` (at least one multiple)."""
+    def elements(self, device: torch.device | str) -> float:
+        """Output elements one chunk of a memory-bound call may write on `device` (scaled with a given budget)."""
+        kind = torch.device(device).type
+        default = ELEMENTS_PER_CHECK.get(kind, OTHER_DEVICE_ELEMENTS)
+        return default if self.budget is None else default * self.budget / WORK_PER_CHECK.get(kind, OTHER_DEVICE_WORK)
+
+    def rows(self, total: int, work_per_row: float, device: torch.device | str, multiple: int = 1,
+             elements_per_row: float = 0.0) -> int:
+        """How many of `total` independent rows one chunk holds: within the work (and, when given, the output
+        elements) per check, a multiple of `multiple` (at least one multiple)."""
         if total <= 0 or work_per_row <= 0:
             return max(total, 1)
         rows = int(min(total, self.work(device) // work_per_row))
+        if elements_per_row > 0:
+            rows = min(rows, int(self.elements(device) // elements_per_row))
         return min(total, max(multiple, rows - rows % multiple))
 
     def tick(self) -> None:
@@ -98,15 +112,16 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim
 
 
 def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: int, kernel: int, stride: int,
-           work: float, pace: Pace | None = None) -> torch.Tensor:
+           work: float, outputs: float = 0.0, pace: Pace | None = None) -> torch.Tensor:
     """`fn(x)` for a convolution along `dim` (no padding there: `kernel`, `stride`), computed in bands of output
-    rows, each from its input rows plus the kernel's halo, with the cancel check before each band.
+    rows, each from its input rows plus the kernel's halo, with the cancel check before each band. `work` is the
+    whole call's floating-point operations, `outputs` its output elements (both bound a band).
 
     Every output row sees exactly the inputs it sees in one call; the bands only change how the backend blocks the
     work (bit-identical for most shapes, within float rounding where the backend picks another algorithm)."""
     pace = pace or current()
     total = (x.shape[dim] - kernel) // stride + 1
-    rows = pace.rows(total, work / max(total, 1), x.device)
+    rows = pace.rows(total, work / max(total, 1), x.device, elements_per_row=outputs / max(total, 1))
     pace.tick()
     if rows >= total:
         return fn(x)

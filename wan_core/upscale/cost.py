@@ -43,6 +43,12 @@ def model_px_flops(model) -> int:
     return 2 * sum(p.numel() for p in model.model.parameters() if p.dim() >= 2)
 
 
+def model_px_elements(model) -> int:
+    """Output elements the model's convolutions write per input pixel (their output channels, twice for the layers
+    after the upsampling): what bounds a call's time when channels are few and the convs memory-bound."""
+    return 2 * sum(p.shape[0] for p in model.model.parameters() if p.dim() == 4)
+
+
 def auto_tile_and_batch(
     model, height: int, width: int, device: torch.device | str, *, budget: int | None = None, max_batch: int | None = None
 ) -> tuple[int | None, int]:
@@ -59,7 +65,9 @@ def auto_tile_and_batch(
     per_px = model_px_bytes(model, device) + OUTPUT_PX_BYTES * scale * scale
     pixels = max(1, budget // per_px)
     if model is not None:  # one model call (a tile or a batch of frames) stays within the work between checks
-        pixels = min(pixels, max(MIN_TILE * MIN_TILE, int(current().work(device) // model_px_flops(model))))
+        pace = current()
+        by_work = min(pace.work(device) // model_px_flops(model), pace.elements(device) // model_px_elements(model))
+        pixels = min(pixels, max(MIN_TILE * MIN_TILE, int(by_work)))
     frame_px = height * width
     if pixels >= frame_px:
         return None, int(max(1, min(max_batch, pixels // frame_px)))

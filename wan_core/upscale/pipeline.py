@@ -7,6 +7,7 @@ content size -> optional unsharp mask -> stabiliser -> colour fix -> placed on t
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -22,6 +23,7 @@ from .cost import auto_tile_and_batch, check_memory
 from .temporal import TemporalStabilizer
 from .temporal import color_fix as match_colors
 
+log = logging.getLogger("wan_core.upscale")
 Fit = Literal["crop", "pad", "stretch"]
 Resample = Literal["lanczos", "bicubic", "bilinear"]
 ProgressFn = Callable[[int, int], None]
@@ -202,6 +204,8 @@ def upscale_video(
                                          frame_batch=frame_batch)
         check_memory(frames=n, canvas=geo.canvas, content=geo.content, source=(x1 - x0, y1 - y0), model=model,
                      tile=tile, batch=batch, device=device, out_device=out_device)
+        log.info("upscaling %d frame(s) %dx%d -> %dx%d on %s: %s, %d frame(s) per chunk", n, w, h, *geo.canvas, device,
+                 f"{tile}-px tiles" if tile else "whole frames", batch)
         output = torch.zeros(n, geo.canvas[1], geo.canvas[0], 3, dtype=torch.float32, device=out_device)
         run = _Chunk(model, geo, tile, overlap, resample, sharpen, stabilize, color_fix)
         restore = None
@@ -255,12 +259,14 @@ class _Chunk:
         else:
             up = _run_model(self.model, src, self.tile, self.overlap)
             up = resize(up, (ch, cw), self.resample) if up.shape[-2:] != (ch, cw) else up
+        current().tick()
         up = unsharp_mask(up, self.sharpen)
         if self.stabilizer is not None or self.color_fix:
             base = resize(src, (ch, cw), "bilinear")
             if self.stabilizer is not None:
                 up = self.stabilizer(up, base, src)
             if self.color_fix:
+                current().tick()
                 up = match_colors(up, base, cell=self.cell, target_mean=src.mean(dim=(-2, -1)))
         up = up.clamp(0, 1).permute(0, 2, 3, 1)
         ox, oy = self.geo.offset

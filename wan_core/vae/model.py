@@ -9,6 +9,7 @@ memory (and tiles large frames) is `vae/streaming.py`.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -77,12 +78,13 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     call is too long, so Cancel is seen within large frames; one call, with the conv's own padding, otherwise."""
     h = x.dim() - 2  # the height dimension of [B, C, H, W] or [B, C, T, H, W]
     kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
-    work = 2.0 * x.shape[0] * conv.out_channels * conv.in_channels // conv.groups
+    outputs = x.shape[0] * conv.out_channels
     for i, size in enumerate(x.shape[2:]):
-        work *= max(0, (size + 2 * padding[i] - kernel[i]) // stride[i] + 1) * kernel[i]
+        outputs *= max(0, (size + 2 * padding[i] - kernel[i]) // stride[i] + 1)
+    work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel)
     rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
     pace = current()
-    if pace.rows(rows, work / max(rows, 1), x.device) >= rows:
+    if pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1)) >= rows:
         pace.tick()
         return conv._conv_forward(x, conv.weight, conv.bias)
     pad = [0] * (2 * (x.dim() - 2))
@@ -90,7 +92,7 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     band_padding = (*padding[:-2], 0, padding[-1])
     call = F.conv3d if x.dim() == 5 else F.conv2d
     return banded(lambda band: call(band, conv.weight, conv.bias, stride, band_padding, conv.dilation, conv.groups),
-                  F.pad(x, pad), dim=h, kernel=kernel[-2], stride=stride[-2], work=work)
+                  F.pad(x, pad), dim=h, kernel=kernel[-2], stride=stride[-2], work=work, outputs=outputs)
 
 
 def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:

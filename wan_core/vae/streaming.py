@@ -14,7 +14,7 @@ from typing import Callable, Literal
 import torch
 
 from ..memory.budget import NotEnoughMemoryError, fits, gib, room, tier_of
-from ..memory.pace import pacing
+from ..memory.pace import QUERY_MULTIPLE, current, pacing
 from ..memory.tiling import TileSpec, plan_tiles
 from .model import CACHE_FRAMES, SPATIAL_FACTOR, SUB_FRAMES, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
 from .shapes import latent_frames, video_frames
@@ -84,7 +84,9 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
                     t = max(1, t // 2)
             act(c, t, hw_)
     caches += CACHE_FRAMES * c * hw_  # head conv
-    attention = 4 * hw * hw  # one fp32 score matrix per frame if SDPA takes its math path
+    # One fp32 score block per frame if SDPA takes its math path: the query chunks the run's pace allows (memory.pace).
+    width = vae.decoder.conv1.out_channels if decode else vae.encoder.head[2].in_channels
+    attention = 4 * hw * current().rows(hw, 4.0 * hw * width, vae.device, QUERY_MULTIPLE)
     return batch * ((caches + 6 * largest) * _itemsize(vae) + attention)
 
 

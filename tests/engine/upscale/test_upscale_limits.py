@@ -10,9 +10,9 @@ import torch
 from spandrel.architectures.Compact import Compact
 
 from wan_core.memory.budget import NotEnoughMemoryError
-from wan_core.memory.pace import pacing
+from wan_core.memory.pace import ELEMENTS_PER_CHECK, WORK_PER_CHECK, pacing
 from wan_core.testing.measure import PeakRSS
-from wan_core.upscale.cost import auto_tile_and_batch, model_px_flops
+from wan_core.upscale.cost import auto_tile_and_batch, model_px_elements, model_px_flops
 from wan_core.upscale.loader import upscale_model_from_state_dict
 from wan_core.upscale.pipeline import upscale_video
 
@@ -50,7 +50,8 @@ def test_cancel_is_checked_before_every_model_tile():
     out = upscale_video(clip, model, scale=4, tile=32, overlap=8, frame_batch=1, device="cpu", out_device="cpu",
                         check=lambda: calls.append(1))
     tiles = math.ceil((96 - 8) / (32 - 8)) ** 2  # tile starts every 24 px, the last flush with the edge
-    assert len(calls) == 2 * tiles and out.shape == (2, 384, 384, 3)
+    # per frame: every tile, then the stabiliser and the colour fix (and the stage after the model)
+    assert len(calls) == 2 * (tiles + 3) and out.shape == (2, 384, 384, 3)
 
     def cancel_at_third():
         calls.append(1)
@@ -65,9 +66,10 @@ def test_cancel_is_checked_before_every_model_tile():
 
 def test_automatic_tiles_keep_one_model_call_within_the_work_between_checks():
     model = compact_x4()
-    per_px = model_px_flops(model)
-    with pacing(budget=per_px * 128 * 128):
+    budget = 128 * 128 * max(model_px_flops(model), model_px_elements(model) * WORK_PER_CHECK["cpu"]
+                             / ELEMENTS_PER_CHECK["cpu"])  # 128x128 px within the flops and the output elements
+    with pacing(budget=budget):
         tile, batch = auto_tile_and_batch(model, 720, 1280, "cpu", budget=1 << 40)
-    assert tile == 128 and batch == 1
-    tile, batch = auto_tile_and_batch(model, 48, 64, "cpu", budget=1 << 30)  # the default budget: whole frames
-    assert tile is None and batch == 4
+        assert tile == 128 and batch == 1
+        tile, batch = auto_tile_and_batch(model, 48, 64, "cpu", budget=1 << 40)  # 3072 px: five frames per call
+        assert tile is None and batch == 4  # (at most 4 frames per chunk on the CPU)
