@@ -18,9 +18,9 @@ from typing import Callable, Iterator
 
 import torch
 
-# Floating-point operations between two checks: ~0.2 s on a 2-core AVX-512 CPU (measured ~150 GFLOP/s for fp32
+# Floating-point operations between two checks: ~0.1 s on a 2-core AVX-512 CPU (measured ~150 GFLOP/s for fp32
 # attention), well under 0.1 s on a current GPU, so normal runs split large calls into a few pieces only.
-WORK_PER_CHECK = {"cpu": 32e9, "cuda": 64e12}
+WORK_PER_CHECK = {"cpu": 16e9, "cuda": 64e12}
 OTHER_DEVICE_WORK = 4e12
 # Output elements between two checks for memory-bound calls (convolutions with few channels run at a few million
 # outputs per second on a loaded 2-core CPU, far below their flop rate).
