@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wan_core.io.checkpoint import (CheckpointError, file_identity, open_checkpoint, read_index, require_float,
-                                    tensor_locations)
+from wan_core.io.checkpoint import CheckpointError, file_identity, open_checkpoint, read_index, require_float
+from wan_core.io.reader import byte_locations
 from wan_core.io.safe import contained, shown
 
 
@@ -74,10 +74,10 @@ def test_overlapping_tensors_are_refused(tmp_path):
         open_checkpoint(path)
 
 
-def test_the_dit_reader_gets_its_offsets_from_the_validated_header(tmp_path):
+def test_the_tensor_reader_gets_its_offsets_from_the_validated_header(tmp_path):
     path = write(tmp_path / "a.safetensors", {"a": torch.zeros(8), "b": torch.ones(4)})
     n, header, _ = header_of(path)
-    locations = tensor_locations(path)
+    locations = byte_locations(path)
     assert locations == {"a": (path, 8 + n + header["a"]["data_offsets"][0], 32),
                          "b": (path, 8 + n + header["b"]["data_offsets"][0], 16)}
 
@@ -95,7 +95,7 @@ def test_index_shards_stay_inside_their_folder(tmp_path):
         open_checkpoint(folder)
     index.write_text(json.dumps({"weight_map": {"a": "s1.safetensors", "b": str(tmp_path / "outside.safetensors")}}))
     with pytest.raises(CheckpointError, match="lies outside"):
-        tensor_locations(folder)
+        byte_locations(folder)
 
 
 def test_contained_allows_subfolders_and_symlinks_placed_in_the_folder(tmp_path):
