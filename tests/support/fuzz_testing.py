@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+FUZZ_COUNTS: dict[str, dict[str, int]] = {}  # loader -> category -> cases tried this session (printed at the end)
 SECRET = "SECRET-c0ffee-7d3a"  # planted in file contents; no message may echo it
 OUTSIDE_SECRET = "OUTSIDE-5eed-91b2"  # in the file outside the model folder
 
@@ -158,6 +159,55 @@ def _with_hole(header: dict, body: bytes) -> bytes:
     return join_safetensors(h, body[:s] + b"\0" * 8 + body[s:])
 
 
+# ------------------------------------------------------------------------------------------ GGUF bytes
+
+def _gguf_tensor_fields(path: Path) -> list[tuple[str, list[int]]]:
+    """(name, byte offsets of [name length, name, n_dims, dims, type, data offset]) of each tensor info in a GGUF."""
+    import gguf
+
+    out = []
+    for t in gguf.GGUFReader(str(path)).tensors:
+        offsets, position = [], t.field.offset
+        for part in t.field.parts:
+            offsets.append(position)
+            position += part.nbytes
+        out.append((t.name, offsets))
+    return out
+
+
+def gguf_mutations(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of a GGUF file with one header field broken: magic, version, counts, string lengths, a tensor's
+    dims, type, data offset or name."""
+    data = path.read_bytes()
+    fields = _gguf_tensor_fields(path)
+
+    def put(offset: int, raw: bytes) -> bytes:
+        return data[:offset] + raw + data[offset + len(raw):]
+
+    u32, u64 = (lambda v: struct.pack("<I", v)), (lambda v: struct.pack("<Q", v))
+    name, (_, name_at, ndims_at, dims_at, type_at, offset_at) = fields[0]
+    second = next((n, f) for n, f in fields if n.startswith("blocks.1."))
+    key_length = struct.unpack_from("<Q", data, 24)[0]
+    yield "magic not GGUF", put(0, b"GGUX")
+    yield "version 99", put(4, u32(99))
+    yield "tensor count 2**62", put(8, u64(2**62))
+    yield "metadata count 2**62", put(16, u64(2**62))
+    yield "first key length 2**62", put(24, u64(2**62))
+    yield "first value of type 99", put(24 + 8 + key_length, u32(99))
+    yield "a tensor of 1000 dimensions", put(ndims_at, u32(1000))
+    yield "a tensor dimension of 2**40", put(dims_at, u64(2**40))
+    yield "a tensor dimension of 0", put(dims_at, u64(0))
+    yield "a tensor type id 999", put(type_at, u32(999))
+    yield "a tensor type of another block size (Q4_K)", put(type_at, u32(12))
+    yield "a tensor's data offset beyond the end", put(offset_at, u64(2**40))
+    yield "a tensor's data offset unaligned", put(offset_at, u64(struct.unpack_from("<Q", data, offset_at)[0] + 3))
+    yield "a tensor name with control characters", put(name_at, b"\x1b[2J")
+    yield "a tensor name not UTF-8", put(name_at, b"\xff\xfe")
+    yield "a tensor name repeated", put(second[1][1], b"blocks.0.")
+    yield "a tensor renamed to one no DiT has", put(name_at, b"SECRET")
+    yield "bytes of another file after the magic", data[:4] + SECRET.encode() * 8
+
+
 def truncations(data: bytes, rng: random.Random, count: int = 8) -> Iterator[tuple[str, bytes]]:
     """The file cut at fixed interesting lengths plus random ones (never the whole file)."""
     size = len(data)
@@ -169,6 +219,44 @@ def truncations(data: bytes, rng: random.Random, count: int = 8) -> Iterator[tup
         cuts.add(rng.randrange(1, size))
     for cut in sorted(c for c in cuts if 0 < c < size):
         yield f"cut at {cut} of {size}", data[:cut]
+
+
+def _with_metadata(data: bytes, key: str, value: str) -> bytes:
+    header, body = split_safetensors(data)
+    header.setdefault("__metadata__", {})[key] = value
+    return join_safetensors(header, body)
+
+
+def _with_tensor(data: bytes, name: str, dtype: str, raw: bytes) -> bytes:
+    """The file with one more tensor appended at the end of the data section."""
+    header, body = split_safetensors(data)
+    header[name] = {"dtype": dtype, "shape": [len(raw) // {"U8": 1, "F32": 4}[dtype]],
+                    "data_offsets": [len(body), len(body) + len(raw)]}
+    return join_safetensors(header, body + raw)
+
+
+def quant_config_mutations(data: bytes, layer: str) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of a ComfyUI-quantised safetensors file whose quantisation config (the _quantization_metadata
+    header entry, a `<layer>.comfy_quant` tensor) is malformed or names what the file does not hold; `layer` is one
+    of its quantised layers."""
+    meta = lambda value: _with_metadata(data, "_quantization_metadata", value)  # noqa: E731
+    layers = lambda conf: meta(json.dumps({"format_version": "1.0", "layers": {layer: conf}}))  # noqa: E731
+    deep = "[" * 100_000 + "]" * 100_000
+    yield "metadata nesting 100000 deep", meta('{"layers": ' + deep + "}")
+    yield "metadata a JSON array", meta("[1, 2]")
+    yield "metadata not JSON", meta(SECRET)
+    yield "layers a list", meta(json.dumps({"layers": [layer]}))
+    yield "a layer format no one defines", layers({"format": "int3_blockwise"})
+    yield "a layer format a number", layers({"format": 7})
+    yield "nvfp4 without its second scale", layers({"format": "nvfp4"})
+    yield "convrot group size a string", layers({"format": "int8_tensorwise", "convrot": True,
+                                                 "convrot_groupsize": "256"})
+    quant = lambda raw, dtype="U8": _with_tensor(data, layer + ".comfy_quant", dtype, raw)  # noqa: E731
+    yield "comfy_quant nesting 100000 deep", quant(('{"format": ' + deep + "}").encode())
+    yield "comfy_quant not UTF-8", quant(b'{"format": "\xff\xfe"}')
+    yield "comfy_quant not JSON", quant(SECRET.encode())
+    yield "comfy_quant a JSON array", quant(b"[1]")
+    yield "comfy_quant stored as float32", quant(struct.pack("<4f", 1, 2, 3, 4), "F32")
 
 
 # ------------------------------------------------------------------------------------------ hostile pickles

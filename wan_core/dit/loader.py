@@ -266,7 +266,9 @@ def _check_keys(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Pat
             f"{path}: {len(unexpected)} tensors are not part of a Wan2.2 T2V DiT, e.g. {', '.join(unexpected[:5])}. "
             "It is a different model variant (or has extra modules merged in). " + _EXPECTED)
     packed_weights = {layer + ".weight" for layer in opened.quant.packed}
-    require_float(ckpt, [k for k in expected if k not in packed_weights], "Wan DiT")
+    scales = [k for layer in opened.quant.packed.values() for k in layer.scales.values()]
+    scales += [k for k in (fp8.layers.values() if fp8 else ()) if k]
+    require_float(ckpt, [k for k in expected if k not in packed_weights] + scales, "Wan DiT")
     padded = {k for k in opened.stored_shapes}
     wrong = [(k, ckpt.infos[k].shape, shape) for k, shape in expected.items()
              if k not in padded and ckpt.infos[k].shape != shape]

@@ -3,8 +3,10 @@ file contents echoed), open nothing outside the model folder (seen by inotify, n
 (no marker file). Bounded: a fixed, seeded list of cases per category and a time limit per case; the counts per
 category are printed.
 
-LOADERS is the table of loaders under test: a LoRA or VACE loader is added with one `Loader(...)` line (its seed
-writer, its load call and its layout); every category of its layout then runs against it.
+LOADERS is the table of loaders under test, one row per loader: a LoRA or VACE loader is added with one
+`Loader(...)` line (its seed writer, its load call and its layout: "safetensors", "pth", "gguf" or "folder"); every
+category of its layout then runs against it, plus the format's own cases when the row names an `extra` generator.
+The counts per loader and category are printed at the end of the session (tests/engine/io/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fuzz_testing import (OUTSIDE_SECRET, SECRET, Case, OpenWatch, copy_tree, header_mutations, hostile_pickles,
-                          problem_with, truncations, write_bytes)
+from fuzz_testing import (FUZZ_COUNTS, OUTSIDE_SECRET, SECRET, Case, OpenWatch, copy_tree, gguf_mutations,
+                          header_mutations, hostile_pickles, problem_with, quant_config_mutations, truncations,
+                          write_bytes)
 from wan_core.dit.loader import load_dit
 from wan_core.dit.model import DiTConfig
 from wan_core.io.checkpoint import CheckpointError
 from wan_core.testing.tiny import dit as tiny_dit
+from wan_core.testing.tiny import gguf as tiny_gguf
 from wan_core.testing.tiny import t5 as tiny_t5
 from wan_core.testing.tiny import upscaler as tiny_upscaler
 from wan_core.testing.tiny import vae as tiny_vae
@@ -52,6 +56,27 @@ def seed_dit_single(folder: Path) -> Path:
     path = folder / "wan2.2_t2v_high_noise_14B_fp16.safetensors"
     save_file(_dit_sd(), str(path), metadata={"note": SECRET})
     return path
+
+
+def seed_dit_gguf(folder: Path) -> Path:
+    path = folder / "wan2.2_t2v_high_noise_14B_Q8_0.gguf"
+    tiny_gguf.write_gguf(path, tiny_dit.random_state_dict(SMALL_DIT, seed=1), "Q8_0")
+    return path
+
+
+QUANT_LAYER = "blocks.0.ffn.0"  # a layer the quantised seed stores in fp8 with a weight_scale
+
+
+def seed_dit_quant(folder: Path) -> Path:
+    path = folder / "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+    return tiny_dit.write_quant_metadata_file(path, tiny_dit.random_state_dict(SMALL_DIT, seed=1))
+
+
+def quant_cases(seed: "Seed") -> Iterator[Case]:
+    """The quantised DiT's own category: malformed or lying quantisation configs."""
+    data = seed.path.read_bytes()
+    for name, raw in quant_config_mutations(data, QUANT_LAYER):
+        yield Case("quant config", name, _copy_then(seed, lambda f, p, raw=raw: p.write_bytes(raw)))
 
 
 def seed_dit_folder(folder: Path) -> Path:
@@ -98,14 +123,17 @@ class Loader:
     name: str
     seed: Callable[[Path], Path]
     load: Callable[[Path], object]
-    layout: str  # "safetensors", "pth" or "folder"
+    layout: str  # "safetensors", "pth", "gguf" or "folder"
     error: type = CheckpointError
     tokenizer: bool = False  # reads a spiece.model next to the weights
+    extra: Callable[["Seed"], Iterator[Case]] | None = None  # the format's own cases (e.g. quantisation configs)
 
 
 LOADERS = [
     Loader("dit_single", seed_dit_single, load_dit, "safetensors"),
     Loader("dit_folder", seed_dit_folder, load_dit, "folder"),
+    Loader("dit_gguf", seed_dit_gguf, load_dit, "gguf"),
+    Loader("dit_quant", seed_dit_quant, load_dit, "safetensors", extra=quant_cases),
     Loader("t5_safetensors", seed_t5_safetensors, load_text_encoder, "safetensors"),
     Loader("t5_pth", seed_t5_pth, load_text_encoder, "pth", tokenizer=True),
     Loader("t5_folder", seed_t5_folder, load_text_encoder, "folder", tokenizer=True),
@@ -151,8 +179,9 @@ def file_cases(seed: Seed, loader: Loader, marker: Path, rng: random.Random) -> 
     data = seed.path.read_bytes()
     for name, raw in truncations(data, rng):
         yield Case("truncation", name, _copy_then(seed, lambda f, p, raw=raw: p.write_bytes(raw)))
-    if loader.layout == "safetensors":
-        for name, raw in header_mutations(data, rng):
+    if loader.layout in ("safetensors", "gguf"):
+        mutations = header_mutations(data, rng) if loader.layout == "safetensors" else gguf_mutations(seed.path)
+        for name, raw in mutations:
             yield Case("header", name, _copy_then(seed, lambda f, p, raw=raw: p.write_bytes(raw)))
     else:
         for name, raw in hostile_pickles(data, marker):
@@ -319,6 +348,8 @@ def cases_for(loader: Loader, seed: Seed, arena: dict[str, Path]) -> list[Case]:
                  else file_cases(seed, loader, marker, rng))
     if loader.tokenizer:
         cases += list(tokenizer_cases(seed))
+    if loader.extra is not None:
+        cases += list(loader.extra(seed))
     return cases
 
 
@@ -349,12 +380,14 @@ def test_every_hostile_file_gets_our_clear_error_and_touches_nothing_outside(loa
             shutil.rmtree(folder, ignore_errors=True)
     finally:
         watch.close()
+    FUZZ_COUNTS[loader.name] = dict(counts)
     print(f"\n{loader.name}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())) + f" ({sum(counts.values())} cases)")
-    assert failures == []
+    assert failures == [], "\n".join(failures)
     expected = {"safetensors": {"truncation", "header", "empty", "directory"},
+                "gguf": {"truncation", "header", "empty", "directory"},
                 "pth": {"truncation", "pickle", "empty", "directory"},
                 "folder": {"truncation", "header", "index", "empty", "directory"}}[loader.layout]
-    assert expected <= set(counts)
+    assert expected <= set(counts) and (loader.extra is None or len(set(counts) - expected - {"tokenizer"}) == 1)
 
 
 def _outcome(loader: Loader, path: Path, folder: Path) -> str | None:
