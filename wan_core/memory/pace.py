@@ -97,6 +97,13 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim
     pace = pace or current()
     total = x.shape[dim]
     rows = pace.rows(total, work_per_row, x.device, multiple)
+    return _in_chunks(fn, x, dim, total, rows, pace, lambda start, count: (start, count))
+
+
+def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int, total: int, rows: int,
+               pace: Pace, window: Callable[[int, int], tuple[int, int]]) -> torch.Tensor:
+    """`fn` over chunks of `rows` of the `total` output rows along `dim`, each from the input rows `window(start,
+    count)` gives (start, length), with the cancel check before each chunk; one call when one chunk holds them all."""
     pace.tick()
     if rows >= total:
         return fn(x)
@@ -104,10 +111,11 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim
     for start in range(0, total, rows):
         if start:
             pace.tick()
-        part = fn(x.narrow(dim, start, min(rows, total - start)))
+        count = min(rows, total - start)
+        part = fn(x.narrow(dim, *window(start, count)))
         if out is None:
             out = part.new_empty(part.shape[:dim] + (total,) + part.shape[dim + 1:])
-        out.narrow(dim, start, part.shape[dim]).copy_(part)
+        out.narrow(dim, start, count).copy_(part)
     return out
 
 
@@ -122,16 +130,4 @@ def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: 
     pace = pace or current()
     total = (x.shape[dim] - kernel) // stride + 1
     rows = pace.rows(total, work / max(total, 1), x.device, elements_per_row=outputs / max(total, 1))
-    pace.tick()
-    if rows >= total:
-        return fn(x)
-    out = None
-    for start in range(0, total, rows):
-        if start:
-            pace.tick()
-        count = min(rows, total - start)
-        part = fn(x.narrow(dim, start * stride, (count - 1) * stride + kernel))
-        if out is None:
-            out = part.new_empty(part.shape[:dim] + (total,) + part.shape[dim + 1:])
-        out.narrow(dim, start, count).copy_(part)
-    return out
+    return _in_chunks(fn, x, dim, total, rows, pace, lambda start, count: (start * stride, (count - 1) * stride + kernel))
