@@ -8,6 +8,7 @@ bounds, or a dropdown value that is not an option. ComfyUI shows the message whe
 
 from __future__ import annotations
 
+import inspect
 import math
 
 from comfy_api.latest import io
@@ -58,3 +59,27 @@ def widget_problem(node: type[io.ComfyNode], values: dict) -> str | None:
             if problem:
                 return problem
     return None
+
+
+def with_value_checks(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
+    """`node` with every widget value checked by `widget_problem` at validation, NaN included.
+
+    A node's own `validate_inputs` keeps the inputs it names (its messages first); the node's other widgets get the
+    checks ComfyUI would have made (it makes none once validate_inputs takes **kwargs) plus NaN/inf. Nodes whose
+    validate_inputs already takes **kwargs check all their values themselves and are returned unchanged.
+    """
+    own = node.__dict__.get("validate_inputs")
+    function = own.__func__ if isinstance(own, classmethod) else None
+    if function is not None and inspect.getfullargspec(function).varkw is not None:
+        return node
+    named = inspect.getfullargspec(function).args[1:] if function is not None else []
+
+    def validate_inputs(cls, **values) -> bool | str:
+        if function is not None:
+            result = function(cls, **{k: values[k] for k in named if k in values})
+            if result is not True:
+                return result
+        return widget_problem(cls, {k: v for k, v in values.items() if k not in named}) or True
+
+    node.validate_inputs = classmethod(validate_inputs)
+    return node

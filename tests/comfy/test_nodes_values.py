@@ -44,6 +44,26 @@ def upscale_prompt(names: dict[str, str]) -> dict:
     }
 
 
+def with_defaults(info: dict, class_type: str, links: dict) -> dict:
+    """A node of `class_type` with `links` and every other required widget at its default (first option)."""
+    inputs = dict(links)
+    for name, spec in info[class_type]["input"]["required"].items():
+        if name not in inputs:
+            options = spec[1] if len(spec) > 1 else {}
+            inputs[name] = options["default"] if "default" in options else spec[0][0]
+    return {"class_type": class_type, "inputs": inputs}
+
+
+def post_prompt(info: dict) -> dict:
+    """Frames through the post nodes added after the first values test (grading, interpolation) to SaveImage."""
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 3, "color": 0x3366CC}},
+        "2": with_defaults(info, "WanMoEColorGrade", {"images": ["1", 0]}),
+        "3": with_defaults(info, "WanMoEFrameInterpolate", {"images": ["2", 0]}),
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "wanmoe_values/post"}},
+    }
+
+
 def bad_values(kind: str, spec: dict) -> list:
     """Values past the bounds, of the wrong type, NaN/inf (numbers) or not among the options (dropdowns)."""
     if kind == "COMBO" or isinstance(kind, list):
@@ -85,7 +105,7 @@ def test_bad_values_are_refused_at_queue_time_naming_the_input_then_a_valid_prom
                                                          timeout=300))
     counts: dict[str, int] = {}
     accepted = []
-    for base in (t2v, upscale_prompt(names)):
+    for base in (t2v, upscale_prompt(names), post_prompt(info)):
         for node_id, name, bad in widget_cases(base, info):
             prompt = json.loads(json.dumps(base))
             prompt[node_id]["inputs"][name] = bad
