@@ -53,7 +53,7 @@ def _orig_shape(reader, name: str, path: Path) -> tuple[int, ...] | None:
 
 def _unsupported(path: Path, name: str, type_name: str) -> CheckpointError:
     return CheckpointError(
-        f"{path}: tensor {shown(name)} is stored as GGUF {shown(type_name)}, a quantisation type this pack cannot read. It reads "
+        f"{path}: tensor {shown(name)} is stored as GGUF {type_name}, a quantisation type this pack cannot read. It reads "
         f"{', '.join(SUPPORTED)} (the Q8_0, Q6_K, Q5_K_M/S, Q4_K_M/S, Q4_0, Q3_K_S/M, F16 and BF16 files). "
         "Download one of those quantisations of the expert instead.")
 
@@ -79,8 +79,8 @@ def _read_table(identity: tuple) -> tuple[dict[str, GGUFTensor], dict[str, str]]
         reader = GGUFReader(str(path))
         tensors = list(reader.tensors)
     except Exception:  # noqa: BLE001 - truncated or foreign files fail inside the parser in many ways
-        raise CheckpointError(f"{path}: not a readable GGUF file: its header is truncated, corrupt or of a version "
-                              "the gguf package cannot read. Download it again.") from None
+        raise CheckpointError(f"{path}: not a readable GGUF file (a header of a version the gguf package cannot read, "
+                              "or truncated or corrupt; download it again).") from None
     table: dict[str, GGUFTensor] = {}
     for t in tensors:
         type_name = t.tensor_type.name

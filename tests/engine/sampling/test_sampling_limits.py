@@ -23,9 +23,10 @@ def test_nan_and_infinite_settings_are_refused_by_name(name, value):
         build_schedule(**{"steps": 4, name: value})
 
 
-@pytest.mark.parametrize("steps", [0, 10**9, 2.5, True])
-def test_absurd_step_counts_are_refused(steps):
-    with pytest.raises(ValueError, match="^steps must be a whole number between 1 and 1000"):
+@pytest.mark.parametrize("steps, message", [(0, "at least 1, got 0"), (10**9, "at most 1000, got 1000000000"),
+                                            (2.5, "a whole number, got 2.5"), (True, "a whole number, got True")])
+def test_absurd_step_counts_are_refused(steps, message):
+    with pytest.raises(ValueError, match=f"^steps must be {message}$"):
         build_schedule(steps, 5.0)
 
 
