@@ -259,15 +259,17 @@ class _Chunk:
         else:
             up = _run_model(self.model, src, self.tile, self.overlap)
             up = resize(up, (ch, cw), self.resample) if up.shape[-2:] != (ch, cw) else up
-        current().tick()
+        current().tick()  # each full-frame stage below is one call: checked between them
         up = unsharp_mask(up, self.sharpen)
         if self.stabilizer is not None or self.color_fix:
+            current().tick()
             base = resize(src, (ch, cw), "bilinear")
             if self.stabilizer is not None:
                 up = self.stabilizer(up, base, src)
             if self.color_fix:
                 current().tick()
                 up = match_colors(up, base, cell=self.cell, target_mean=src.mean(dim=(-2, -1)))
+        current().tick()
         up = up.clamp(0, 1).permute(0, 2, 3, 1)
         ox, oy = self.geo.offset
         out[:, oy: oy + ch, ox: ox + cw] = up.to(out.device)

@@ -50,8 +50,9 @@ def test_cancel_is_checked_before_every_model_tile():
     out = upscale_video(clip, model, scale=4, tile=32, overlap=8, frame_batch=1, device="cpu", out_device="cpu",
                         check=lambda: calls.append(1))
     tiles = math.ceil((96 - 8) / (32 - 8)) ** 2  # tile starts every 24 px, the last flush with the edge
-    # per frame: every tile, then the stabiliser and the colour fix (and the stage after the model)
-    assert len(calls) == 2 * (tiles + 3) and out.shape == (2, 384, 384, 3)
+    # per frame: every tile, then each full-frame stage (after the model, before the base resize, in the stabiliser,
+    # before the colour fix, before the final clamp and copy)
+    assert len(calls) == 2 * (tiles + 5) and out.shape == (2, 384, 384, 3)
 
     def cancel_at_third():
         calls.append(1)
