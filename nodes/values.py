@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 
-from comfy_api.latest import io
+from .api_version import io
 
 
 def _options(widget: io.Combo.Input) -> list:
