@@ -2,7 +2,8 @@
 `api_version` picks: v0_0_2 on ComfyUI 0.3.75 and 0.8.0, `latest` only as a fallback).
 
 Every module in this package that defines a module-level `NODES` list of `io.ComfyNode` classes is
-registered; the pack's public node ids are the schemas' `node_id`s.
+registered; the pack's public node ids are the schemas' `node_id`s. Every node's widget values are checked at
+validation (`values.with_value_checks`), so a node added later gets the same checks without code of its own.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ def _node_modules() -> list:
 
 
 def node_classes() -> list[type[io.ComfyNode]]:
-    """All node classes of the pack, from each submodule's NODES list."""
-    return [cls for module in _node_modules() for cls in getattr(module, "NODES", [])]
+    """All node classes of the pack, from each submodule's NODES list, each with its widget values checked (NaN and
+    infinity, types, bounds, dropdowns: values.with_value_checks)."""
+    from .values import with_value_checks
+
+    return [with_value_checks(cls) for module in _node_modules() for cls in getattr(module, "NODES", [])]
 
 
 class WanMoEExtension(ComfyExtension):

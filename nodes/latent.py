@@ -8,6 +8,8 @@ from .api_version import io
 from ..wan_core import api
 from ..wan_core.config import FRAMES, HEIGHT, WIDTH
 
+from .values import widget_problem
+
 CATEGORY = "WanMoE"
 MAX_SIZE = 4096
 MAX_FRAMES = 1025
@@ -38,8 +40,12 @@ class WanMoEEmptyLatent(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, width: int, height: int, length: int) -> bool | str:
-        return api.size_problem(width, height, length, max_size=MAX_SIZE, max_frames=MAX_FRAMES) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        problem = widget_problem(cls, values)
+        if problem is None and all(k in values for k in ("width", "height", "length")):
+            problem = api.size_problem(values["width"], values["height"], values["length"], max_size=MAX_SIZE,
+                                       max_frames=MAX_FRAMES)
+        return problem or True
 
     @classmethod
     def execute(cls, width: int, height: int, length: int, batch_size: int = 1) -> io.NodeOutput:

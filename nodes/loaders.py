@@ -8,9 +8,10 @@ from ..wan_core import api
 from ..wan_core.config import (COMFY_FILES, COMPUTE_OPTIONS, ENCODER_DTYPES, MAX_GPUS, MODEL_PLACEMENTS,
                                TEXT_DEVICES, VAE_DTYPES, WEIGHT_DTYPE_OPTIONS)
 
-from .model_files import (NO_MODULE, diffusion_model_choices, file_choices, full_path, not_listed, vace_module_choices,
-                          vace_module_path)
+from .model_files import (NO_MODULE, diffusion_model_choices, file_choices, fingerprint, full_path, not_listed,
+                          vace_module_choices, vace_module_path)
 from .sockets import WanMoEModelType, WanMoETextEncoderType, WanMoEVAEType, boundary_input
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 
@@ -81,19 +82,23 @@ class WanMoEModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, high_noise_model: str, low_noise_model: str, vace_module_high: str = NO_MODULE,
-                        vace_module_low: str = NO_MODULE) -> bool | str:
+    def validate_inputs(cls, **values) -> bool | str:
         choices = diffusion_model_choices()
-        for name in (high_noise_model, low_noise_model):
-            message = not_listed("diffusion_models", name, choices)
+        for key in ("high_noise_model", "low_noise_model"):
+            message = not_listed("diffusion_models", values[key], choices) if key in values else None
             if message:
                 return message
         modules = vace_module_choices()
-        for name in (vace_module_high, vace_module_low):
-            if name not in modules:
+        for key in ("vace_module_high", "vace_module_low"):
+            name = values.get(key, NO_MODULE)
+            if isinstance(name, str) and name not in modules:
                 return (f"VACE module '{name}' is in neither models/diffusion_models nor models/vace; put it there "
                         f"and refresh (press R), or choose {NO_MODULE}")
-        return True
+        return widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, high_noise_model: str, low_noise_model: str, **_settings) -> object:
+        return fingerprint("diffusion_models", high_noise_model), fingerprint("diffusion_models", low_noise_model)
 
     @classmethod
     def execute(cls, high_noise_model: str, low_noise_model: str, weight_dtype: str, placement: str, attention: str,
@@ -138,8 +143,14 @@ class WanMoETextEncoderLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, text_encoder: str) -> bool | str:
-        return not_listed("text_encoders", text_encoder, file_choices("text_encoders")) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        listed = not_listed("text_encoders", values["text_encoder"], file_choices("text_encoders")) \
+            if "text_encoder" in values else None
+        return listed or widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, text_encoder: str, **_settings) -> object:
+        return fingerprint("text_encoders", text_encoder)
 
     @classmethod
     def execute(cls, text_encoder: str, device: str, dtype: str) -> io.NodeOutput:
@@ -168,8 +179,13 @@ class WanMoEVAELoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, vae: str) -> bool | str:
-        return not_listed("vae", vae, file_choices("vae")) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        listed = not_listed("vae", values["vae"], file_choices("vae")) if "vae" in values else None
+        return listed or widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, vae: str, **_settings) -> object:
+        return fingerprint("vae", vae)
 
     @classmethod
     def execute(cls, vae: str, dtype: str) -> io.NodeOutput:

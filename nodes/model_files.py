@@ -21,6 +21,8 @@ import re
 
 import folder_paths
 
+from ..wan_core import api
+
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 NO_MODULE = "none"
 VACE_FOLDER = "vace"  # where some users keep VACE module files (models/vace); diffusion_models is searched too
@@ -143,6 +145,18 @@ def full_path(folder: str, name: str) -> str:
         where = ", ".join(folder_paths.get_folder_paths(folder)) or f"models/{folder}"
         raise FileNotFoundError(f"'{name}' is not in the {folder} model folder ({where}). Put the file there or pick another.")
     return path
+
+
+def fingerprint(folder: str, name: object) -> object:
+    """What identifies the chosen file's contents (api.file_identity: path, size, mtime, inode, ctime), so ComfyUI
+    re-runs a loader and everything after it when the file was replaced, even by one with equal size and mtime."""
+    path = folder_paths.get_full_path(folder, name) if isinstance(name, str) else None
+    if path is None:
+        return name  # not there: validation or execute reports it
+    try:
+        return api.file_identity(path)
+    except ValueError:
+        return name
 
 
 def not_listed(folder: str, name: str, choices: list[str]) -> str | None:

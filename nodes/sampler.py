@@ -13,6 +13,7 @@ from ..wan_core.config import GUIDE_HIGH, GUIDE_LOW, SCHEDULES, SHIFT, SOLVERS, 
 from .comfy_bridge import StepProgress, check_cancel, compute_device
 from .comfy_models import ComfyModelPair, expert_source
 from .sockets import WanMoEModelType, WanMoEWindowsType
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 STEP_CACHE_OFF = ("step_cache {:g} not applied: it needs the pack's own DiT (Wan2.2 MoE Model Loader); models from "
@@ -89,6 +90,10 @@ class WanMoESampler(io.ComfyNode):
             outputs=[io.Latent.Output()],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls, values) or True
 
     @classmethod
     def execute(cls, model: api.ModelRequest | ComfyModelPair, positive: list, negative: list, latent: dict, seed: int,

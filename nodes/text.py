@@ -12,6 +12,7 @@ from ..wan_core.config import NEGATIVE_PROMPT
 
 from .comfy_bridge import compute_device
 from .sockets import WanMoETextEncoderType
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 log = logging.getLogger("ComfyUI-WanMoE")
@@ -39,6 +40,10 @@ class WanMoETextEncode(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output(display_name="positive"), io.Conditioning.Output(display_name="negative")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls, values) or True
 
     @classmethod
     def execute(cls, text_encoder: api.TextEncoderRequest, positive: str, negative: str) -> io.NodeOutput:

@@ -7,8 +7,9 @@ from .api_version import io
 from ..wan_core import api
 from ..wan_core.config import RESAMPLES, UPSCALE_FITS, UPSCALE_MODES
 
-from .comfy_bridge import compute_device, frame_progress, intermediate_device, release_device_cache
-from .model_files import file_choices, full_path, not_listed
+from .comfy_bridge import check_cancel, compute_device, frame_progress, intermediate_device, release_device_cache
+from .model_files import file_choices, fingerprint, full_path, not_listed
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 FOLDER = "upscale_models"
@@ -34,8 +35,13 @@ class WanMoEUpscaleModelLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str) -> bool | str:
-        return not_listed(FOLDER, model_name, file_choices(FOLDER)) or True
+    def validate_inputs(cls, **values) -> bool | str:
+        listed = not_listed(FOLDER, values["model_name"], file_choices(FOLDER)) if "model_name" in values else None
+        return listed or widget_problem(cls, values) or True
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name: str) -> object:
+        return fingerprint(FOLDER, model_name)
 
     @classmethod
     def execute(cls, model_name: str) -> io.NodeOutput:
@@ -97,12 +103,16 @@ class WanMoEUpscale(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls, values) or True
+
+    @classmethod
     def execute(cls, images, mode: str, scale: float, width: int, height: int, fit: str, resample: str,
                 sharpen: float, stabilize: float, color_fix: bool, tile_size: int, frame_batch: int,
                 upscale_model=None) -> io.NodeOutput:
         out = api.upscale(
             images, upscale_model, device=compute_device(), out_device=intermediate_device(),
-            progress=frame_progress(cls.hidden.unique_id, images.shape[0]),
+            progress=frame_progress(cls.hidden.unique_id, images.shape[0]), check_cancel=check_cancel,
             scale=scale if mode == "scale" else None, target=(width, height) if mode == "exact size" else None,
             fit=fit, resample=resample, sharpen=sharpen, stabilize=stabilize, color_fix=color_fix,
             tile=tile_size or None, frame_batch=frame_batch or None,

@@ -7,8 +7,9 @@ from .api_version import io
 from ..wan_core import api
 from ..wan_core.config import TILING
 
-from .comfy_bridge import compute_device, frame_progress
+from .comfy_bridge import check_cancel, compute_device, frame_progress
 from .sockets import WanMoEVAEType
+from .values import widget_problem
 
 CATEGORY = "WanMoE"
 
@@ -45,9 +46,14 @@ class WanMoEVAEDecode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls, values) or True
+
+    @classmethod
     def execute(cls, vae: api.VAERequest, samples: dict, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
         images = api.decode(vae, samples, device=compute_device(), tiling=tiling, tile_px=tile_size,
-                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id))
+                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id),
+                            check_cancel=check_cancel)
         return io.NodeOutput(images)
 
 
@@ -70,9 +76,14 @@ class WanMoEVAEEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **values) -> bool | str:
+        return widget_problem(cls, values) or True
+
+    @classmethod
     def execute(cls, vae: api.VAERequest, image, tiling: str, tile_size: int, tile_overlap: int) -> io.NodeOutput:
         latent = api.encode(vae, image, device=compute_device(), tiling=tiling, tile_px=tile_size,
-                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id))
+                            overlap_px=tile_overlap, on_frame=frame_progress(cls.hidden.unique_id),
+                            check_cancel=check_cancel)
         return io.NodeOutput(latent)
 
 

@@ -9,6 +9,7 @@ whether that means loading, reusing or moving weights. Nodes import this module 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from .dit.attention import available_attention
 from .dit.loader import inspect_dit
 from .dit.sizes import token_count
 from .io.checkpoint import file_identity, open_checkpoint
-from .memory.budget import NotEnoughMemoryError
+from .memory.budget import NotEnoughMemoryError, free_bytes, gib, room, tier_of
 from .memory.cache import CacheKey, FreeMemoryCallback, get_cache
 from .lora import read_lora
 from .requests import (ContextWindows, LoraRequest, ModelRequest, TextEncoderRequest, VAERequest, vace_module_of,
@@ -39,7 +40,7 @@ from .parallel.pool import release_pool
 from .sampling.experts import ExpertSource
 from .sampling.multi_gpu import SHARD, cached_experts, parallel_experts
 from .sampling.control import EXPERT_LABELS, Control
-from .sampling.sampler import sample_schedule
+from .sampling.sampler import check_working_memory, sample_schedule
 from .sampling.schedule import Schedule, build_schedule, full_sigmas
 from .sampling.step_cache import StepCache
 from .sampling.windows import WindowPlan, plan_windows
@@ -55,7 +56,7 @@ from .vae.shapes import frames_problem, latent_shape, size_problem
 __all__ = [
     "ContextWindows", "ControlFrames", "DiTConfig", "ExpertSource", "LoraRequest", "ModelRequest", "TextEncoderRequest",
     "VAERequest", "VaceConditioning", "add_loras", "available_attention", "comfy_step_inputs", "decode", "default_gpus",
-    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "frames_problem",
+    "empty_latent", "encode", "encode_prompts", "extend_latent", "extend_problem", "file_identity", "frames_problem",
     "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling",
     "plan_windows_for", "preprocess_control", "release_models", "sample", "sample_with", "schedule_sigmas",
     "set_free_memory_callback", "size_problem", "upscale", "vace_control", "velocity_from_denoised", "velocity_of",
@@ -79,7 +80,7 @@ class _Holder(nn.Module):
 
 
 @lru_cache(maxsize=32)
-def _file_weight_bytes(identity: tuple[str, int, int], itemsize: int | None) -> int:
+def _file_weight_bytes(identity: tuple, itemsize: int | None) -> int:
     """Bytes a file's weights take once loaded (as stored, or at `itemsize`): its header is read once per identity."""
     return open_checkpoint(identity[0]).weight_bytes(itemsize)
 
@@ -162,8 +163,23 @@ def _encode_texts(request: TextEncoderRequest, texts: list[str], compute_device:
 
 # --- latents and sampling ---------------------------------------------------------------------------------
 def empty_latent(width: int, height: int, length: int, batch: int, *, device: torch.device | str) -> dict:
-    """A core LATENT of zeros for a video of width x height x length (4n+1 frames), as EmptyHunyuanLatentVideo."""
-    return interop.empty_latent(latent_shape(width, height, length, batch), device)
+    """A core LATENT of zeros for a video of width x height x length (4n+1 frames), as EmptyHunyuanLatentVideo;
+    NotEnoughMemoryError, before allocating, when the latent itself cannot fit."""
+    for name, value in (("width", width), ("height", height), ("length", length), ("batch_size", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    problem = size_problem(width, height, length)
+    if problem:
+        raise ValueError(problem)
+    shape = latent_shape(width, height, length, batch)
+    need, available = math.prod(shape) * 4, room(device)
+    if need > available:
+        raise NotEnoughMemoryError(
+            f"an empty latent of {width}x{height}, {length} frames, batch {batch} takes {gib(need)} on "
+            f"{tier_of(device)} before anything runs, but {gib(available)} is available ({gib(free_bytes(device))} "
+            "free). To fit: lower the width/height, the length or the batch_size.",
+            needed=need, free=available, device=tier_of(device))
+    return interop.empty_latent(shape, device)
 
 
 def plan_sampling(model: ModelRequest | object, *, steps: int, shift: float, solver: str, denoise: float, cfg_high: float,
@@ -274,6 +290,12 @@ def sample(model: ModelRequest, schedule: Schedule, *, positive: list, negative:
     VACE control in the conditioning (core WanVaceToVideo's keys, or WanMoEVaceControl's) steers the experts at the
     steps it applies to (on one GPU).
     """
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if isinstance(samples, torch.Tensor) and samples.ndim == 5:  # before anything the size of the latent is made
+        call = tuple(samples.shape)  # what one expert call sees
+        if windows is not None:
+            call = (*call[:2], min(call[2], windows.latent_frames), *call[3:])
+        check_working_memory(inspect_dit(model.high_noise_path).config, call, device)
 
     control = _control(model, schedule, positive, negative)
     if control and (model.gpus > 1 or model.placement == SHARD):
@@ -402,29 +424,41 @@ def _vae(request: VAERequest, device: torch.device):
 
 
 def _tile_args(tiling: str, tile_px: int, overlap_px: int) -> dict:
-    """The VAE's tiling arguments (latent px) from the node's (image px, 0 = automatic)."""
+    """The VAE's tiling arguments (latent px) from the node's (image px, 0 = automatic), checked in image px."""
+    for name, value in (("tile_size", tile_px), ("tile_overlap", overlap_px)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number of pixels >= 0 (0 = automatic), got {value!r}")
+    if tile_px and tile_px < 2 * SPATIAL:
+        raise ValueError(f"tile_size must be at least {2 * SPATIAL} px (0 = automatic), got {tile_px} px")
+    if tile_px and overlap_px > tile_px // 2:
+        raise ValueError(f"tile_overlap must be at most half the tile: got {overlap_px} px for a {tile_px}-px tile "
+                         f"(at most {tile_px // 2} px); lower tile_overlap or raise tile_size")
     return {"tiling": choice("tiling", tiling, TILING), "tile_size": tile_px // SPATIAL if tile_px else None,
             "tile_overlap": overlap_px // SPATIAL if overlap_px else None}
 
 
 def decode(request: VAERequest, latent: dict, *, device: torch.device, tiling: str = "auto", tile_px: int = 0,
-           overlap_px: int = 0, on_frame: ProgressCallback | None = None) -> torch.Tensor:
+           overlap_px: int = 0, on_frame: ProgressCallback | None = None,
+           check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
     """Core LATENT -> core IMAGE [B*F, 8h, 8w, 3] in 0..1 (tile sizes in image pixels, 0 = automatic)."""
     normalised = interop.latent_from_comfy(latent)
+    tiles = _tile_args(tiling, tile_px, overlap_px)
+    log.info("decoding a latent of %s on %s (tiling %s)", tuple(normalised.shape), device, tiling)
     with _advice(_VAE_ADVICE), _vae(request, device) as vae:
-        video = vae.decode(normalised.to(device), on_frame=on_frame, **_tile_args(tiling, tile_px, overlap_px))
+        video = vae.decode(normalised.to(device), on_frame=on_frame, check=check_cancel, **tiles)
     return interop.video_to_image(video)
 
 
 def encode(request: VAERequest, images: torch.Tensor, *, device: torch.device, tiling: str = "auto",
-           tile_px: int = 0, overlap_px: int = 0, on_frame: ProgressCallback | None = None) -> dict:
+           tile_px: int = 0, overlap_px: int = 0, on_frame: ProgressCallback | None = None,
+           check_cancel: Callable[[], None] | None = None) -> dict:
     """Core IMAGE [F,H,W,3] in 0..1 (F = 4n+1) -> core LATENT of [1,16,n+1,H/8,W/8]."""
     problem = frames_problem(images.shape[0], "the number of frames")
     if problem:
         raise ValueError(f"WanMoEVAEEncode: {problem} (trim or pad the clip first)")
+    tiles = _tile_args(tiling, tile_px, overlap_px)
     with _advice(_VAE_ADVICE), _vae(request, device) as vae:
-        latent = vae.encode(interop.image_to_video(images).to(device), on_frame=on_frame,
-                            **_tile_args(tiling, tile_px, overlap_px))
+        latent = vae.encode(interop.image_to_video(images).to(device), on_frame=on_frame, check=check_cancel, **tiles)
     return interop.latent_to_comfy(latent)
 
 
@@ -487,13 +521,15 @@ def join_continuation(previous: torch.Tensor, new: torch.Tensor, *, overlap: int
 
 # --- upscaling --------------------------------------------------------------------------------------------
 def upscale(images: torch.Tensor, upscale_model=None, *, device: torch.device, out_device: torch.device,
-            progress: ProgressCallback | None = None, **settings) -> torch.Tensor:
+            progress: ProgressCallback | None = None, check_cancel: Callable[[], None] | None = None,
+            **settings) -> torch.Tensor:
     """Upscale a core IMAGE clip (see `upscale.pipeline.upscale_video` for `settings`); a model descriptor (core's
     UPSCALE_MODEL) runs as a cached copy on `device`, the descriptor itself untouched."""
+    run = dict(device=device, out_device=out_device, progress=progress, check=check_cancel, **settings)
     if upscale_model is None:
-        return upscale_video(images, None, device=device, out_device=out_device, progress=progress, **settings)
+        return upscale_video(images, None, **run)
     with _advice(_UPSCALE_ADVICE), on_device(upscale_model, device) as model:
-        return upscale_video(images, model, device=device, out_device=out_device, progress=progress, **settings)
+        return upscale_video(images, model, **run)
 
 
 # --- memory cooperation with the host ---------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Sequence
 from .config import LATENT_CHANNELS, TEXT_LEN
 from .dit.model import pad_text_contexts
 from .sampling.control import VaceStream
+from .memory.budget import zeros_on_demand
 from .vae.latent_format import denormalize, normalize
 
 log = logging.getLogger("ComfyUI-WanMoE")
@@ -83,7 +84,7 @@ def latent_to_comfy(normalised: torch.Tensor, like: dict | None = None) -> dict:
 
 def empty_latent(shape: tuple[int, ...], device: torch.device | str) -> dict:
     """A core LATENT dict of zeros in `shape` ([B, 16, T, h, w], what EmptyHunyuanLatentVideo makes)."""
-    return {"samples": torch.zeros(shape, device=device)}
+    return {"samples": zeros_on_demand(shape, device)}
 
 
 # --- CONDITIONING -----------------------------------------------------------------------------------------

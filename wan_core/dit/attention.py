@@ -4,6 +4,10 @@ A backend takes q, k, v as [B, L, heads, head_dim] (the official flash-attention
 and returns [B, Lq, heads, head_dim] in that dtype, softmax scale 1/sqrt(head_dim), no mask (Wan's
 T2V attention never masks: video tokens are unpadded and text padding is attended to, as official).
 Other kernels (flash-attn, sage, xformers) register themselves with `register_attention`.
+
+`attend_in_chunks` runs any backend over chunks of queries (each query's output depends on its own row, k and
+v only, so the result is the same), with the run's cancel check before each chunk: memory.pace sizes the chunks
+so Cancel is seen within a bounded time however many tokens there are.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from ..memory.pace import map_rows
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,5 +49,17 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 
 register_attention("sdpa", sdpa_attention)
+
+
+def attention_flops(q: torch.Tensor, k: torch.Tensor) -> int:
+    """Floating-point operations of one query row of attention over [B, L, H, D] q and k (q·kᵀ and the weighted sum)."""
+    batch, keys, heads, head_dim = k.shape
+    return 4 * batch * keys * heads * head_dim
+
+
+def attend_in_chunks(attend: AttentionFn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """`attend(q, k, v)` over chunks of queries sized by the run's pace, with its cancel check before each chunk."""
+    return map_rows(lambda rows: attend(rows, k, v), q, dim=1, work_per_row=attention_flops(q, k))
+
 
 from . import attention_backends  # noqa: E402,F401  (registers the pinned SDPA kernels and, when installed, sage)

@@ -24,19 +24,22 @@ import torch
 import torch.nn as nn
 
 from ..config import COMPUTE_DTYPES, WEIGHT_DTYPES
-from ..io.checkpoint import Checkpoint, CheckpointError, TensorInfo, file_identity, open_checkpoint
+from ..io.checkpoint import (Checkpoint, CheckpointError, TensorInfo, file_identity, open_checkpoint,
+                             require_float)
 from ..io.quant import FP8_DTYPES, Fp8Layout, quantize_fp8, swap_in_fp8_linears
 from ..io.quant.comfy_formats import FORMATS as COMFY_FORMATS, storage_shapes
 from ..io.quant.layout import PackedLayer, QuantLayout, describe_quant
 from ..io.quant.linear import replace_linear
 from ..io.quant.packed import dequantize_packed, logical_shape, packed_linear, read_packed
 from ..io.reader import TensorReader
+from ..io.safe import shown
 from .keys import diffusers_to_official, is_diffusers_layout
 from .model import FP32_MODULES, DiTConfig, WanDiT
 from .vace_files import block_dtype, is_vace_key, module_config, vace_shape, with_vace
 
 log = logging.getLogger("wan_core.dit.loader")
 PREFIXES = ("model.diffusion_model.", "model.")
+MAX_BLOCKS = 256  # transformer blocks a file may declare (A14B: 40); more is a corrupt or hostile header
 _BLOCK_LINEAR = re.compile(r"^(vace_)?blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qkvo]|ffn\.[02])$")
 _EXPECTED = ("Expected a Wan2.2-T2V-A14B expert: an official high_noise_model/ or low_noise_model/ folder, or a "
              "file such as wan2.2_t2v_high_noise_14B_fp16.safetensors / ..._fp8_scaled.safetensors in "
@@ -124,26 +127,38 @@ def config_from_tensors(ckpt: Checkpoint, path: Path | None = None) -> DiTConfig
     _fail_unless_dit(ckpt, path)
     dim, in_dim, *patch = _shape(ckpt, path, "patch_embedding.weight", 5)
     _fail_unless_t2v(ckpt, path, in_dim, dim)
-    layers = {int(m.group(1)) for k in ckpt.keys() if (m := re.match(r"blocks\.(\d+)\.", k))}
+    layers = {int(m.group(1)) for k in ckpt.keys() if (m := re.match(r"blocks\.(\d{1,4})\.", k))}
     if not layers:
         raise CheckpointError(f"{path}: no 'blocks.N.' tensors: the transformer blocks are missing. " + _EXPECTED)
+    if max(layers) >= MAX_BLOCKS:
+        raise CheckpointError(f"{path}: names transformer block {max(layers)}; a Wan DiT has at most {MAX_BLOCKS} "
+                              "(A14B: 40). The file is corrupt. " + _EXPECTED)
+    gaps = sorted(set(range(max(layers) + 1)) - layers)
+    if gaps:
+        raise CheckpointError(f"{path}: the transformer blocks {', '.join(f'blocks.{i}.' for i in gaps[:5])} are "
+                              f"missing ({len(gaps)} of {max(layers) + 1}); the file is incomplete. " + _EXPECTED)
     ffn_dim = _shape(ckpt, path, "blocks.0.ffn.0.weight", 2)[0]
     text_dim = _shape(ckpt, path, "text_embedding.0.weight", 2)[1]
     freq_dim = _shape(ckpt, path, "time_embedding.0.weight", 2)[1]
     head_out = _shape(ckpt, path, "head.head.weight", 2)[0]
-    if head_out % math.prod(patch):
-        raise CheckpointError(f"{path}: head.head.weight has {head_out} outputs, not a multiple of the patch "
-                              f"size {patch}; the file is not a Wan DiT.")
+    if min(dim, ffn_dim, text_dim, freq_dim, *patch) < 1 or head_out % math.prod(patch):
+        raise CheckpointError(f"{path}: widths {dim}/{ffn_dim}/{text_dim}/{freq_dim}, patch {patch} and {head_out} head "
+                              "outputs do not form a Wan DiT (empty dimensions, or outputs not a multiple of the "
+                              "patch); the file is corrupt. " + _EXPECTED)
     cfg = ckpt.config or {}
     # Every released Wan model has 128-wide heads (ComfyUI's detection assumes it too).
     heads = cfg.get("num_heads") or cfg.get("num_attention_heads") or dim // 128
+    text_len, eps = cfg.get("text_len", 512), cfg.get("eps", 1e-6)
     try:
-        config = DiTConfig(dim=dim, ffn_dim=ffn_dim, num_heads=int(heads), num_layers=max(layers) + 1, in_dim=in_dim,
+        if not (type(heads) is int and type(text_len) is int and isinstance(eps, (int, float))
+                and 1 <= text_len <= 4096 and 0 < eps < 1):
+            raise ValueError("settings out of range")
+        config = DiTConfig(dim=dim, ffn_dim=ffn_dim, num_heads=heads, num_layers=len(layers), in_dim=in_dim,
                            out_dim=head_out // math.prod(patch), text_dim=text_dim, freq_dim=freq_dim,
-                           text_len=int(cfg.get("text_len", 512)), eps=float(cfg.get("eps", 1e-6)),
-                           patch_size=tuple(patch))
-    except (ValueError, ZeroDivisionError) as exc:
-        raise CheckpointError(f"{path}: width {dim} with {heads} attention heads is not a valid Wan DiT ({exc}).") from exc
+                           text_len=text_len, eps=float(eps), patch_size=tuple(patch))
+    except (ValueError, ZeroDivisionError):
+        raise CheckpointError(f"{path}: width {dim} with num_heads {shown(heads)}, text_len {shown(text_len)} and eps "
+                              f"{shown(eps)} (config.json or the width) is not a valid Wan DiT configuration.") from None
     return with_vace(config, vace_shape(ckpt, path), path)
 
 
@@ -277,6 +292,10 @@ def _check_keys(opened: _Opened, expected: dict[str, tuple[int, ...]], path: Pat
         raise CheckpointError(
             f"{path}: {len(unexpected)} tensors are not part of a Wan2.2 T2V DiT, e.g. {', '.join(unexpected[:5])}. "
             "It is a different model variant (or has extra modules merged in). " + _EXPECTED)
+    packed_weights = {layer + ".weight" for layer in opened.quant.packed}
+    scales = [k for layer in opened.quant.packed.values() for k in layer.scales.values()]
+    scales += [k for k in (fp8.layers.values() if fp8 else ()) if k]
+    require_float(ckpt, [k for k in expected if k not in packed_weights] + scales, "Wan DiT")
     padded = {k for k in opened.stored_shapes}
     wrong = [(k, ckpt.infos[k].shape, shape) for k, shape in expected.items()
              if k not in padded and ckpt.infos[k].shape != shape]

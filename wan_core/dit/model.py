@@ -21,13 +21,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..io.quant.linear import dequantized_once
-from .attention import get_attention
+from ..memory.pace import current, map_rows
+from .attention import attend_in_chunks, get_attention
 from .embeddings import sinusoidal_embedding
 from .rope import RotaryEmbedding, apply_rope, apply_rope_
 
 if TYPE_CHECKING:
     from .vace import VaceHints, VaceInput
 
+LINEAR_MULTIPLE = 1024  # rows per block of a chunked Linear: BLAS keeps the same kernel for every block this large
 # Sub-modules the official code runs under autocast(float32) whatever the model dtype.
 FP32_MODULES = ("time_embedding", "time_projection", "head", "vace_patch_embedding")
 
@@ -91,7 +93,13 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
         bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x.to(dtype), self.weight.to(dtype), bias)
+        weight = self.weight.to(dtype)
+        rows = x.reshape(-1, self.in_features).to(dtype)
+        # Over many tokens, in whole blocks of rows with the run's cancel check between them (memory.pace); the
+        # blocks are contiguous and large, so each row's product is the same as in one call.
+        out = map_rows(lambda block: F.linear(block, weight, bias), rows, dim=0,
+                       work_per_row=2 * self.in_features * self.out_features, multiple=LINEAR_MULTIPLE)
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 class PatchEmbedding(nn.Conv3d):
@@ -150,7 +158,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         dtype = self.compute_dtype
-        return self.o(self.attend(q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
+        return self.o(attend_in_chunks(self.attend, q.to(dtype), k.to(dtype), v.to(dtype)).flatten(2))
 
 
 class SelfAttention(Attention):
@@ -159,10 +167,25 @@ class SelfAttention(Attention):
     rope_float64 = False  # True: the official float64 RoPE arithmetic (two float64 copies of q and of k)
 
     def forward(self, x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-        rope = apply_rope if self.rope_float64 else apply_rope_
-        q = rope(self._heads(self.norm_q(self.q(x))), rotations)
-        k = rope(self._heads(self.norm_k(self.k(x))), rotations)
+        q = self._normed_rope(self.norm_q, self.q(x), rotations)
+        k = self._normed_rope(self.norm_k, self.k(x), rotations)
         return self._attend(q, k, self._heads(self.v(x)))
+
+    def _normed_rope(self, norm: RMSNorm, y: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+        """RoPE(heads(norm(y))) per token, in chunks of tokens with the cancel check between them (elementwise work)."""
+        rope = apply_rope if self.rope_float64 else apply_rope_
+        pace, tokens = current(), y.shape[1]
+        rows = pace.rows(tokens, 1.0, y.device, elements_per_row=y.shape[0] * y.shape[2])
+        pace.tick()
+        if rows >= tokens:
+            return rope(self._heads(norm(y)), rotations)
+        out = torch.empty(*y.shape[:2], self.num_heads, self.head_dim, dtype=torch.float32, device=y.device)
+        for start in range(0, tokens, rows):
+            if start:
+                pace.tick()
+            end = min(tokens, start + rows)
+            out[:, start:end] = rope(self._heads(norm(y[:, start:end])), rotations[start:end])
+        return out
 
 
 class CrossAttention(Attention):

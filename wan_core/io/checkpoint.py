@@ -2,23 +2,27 @@
 
 Every loader in wan_core reads weights through `open_checkpoint`, which looks at headers only; a
 tensor is read from disk when `Checkpoint.get` asks for it, so a loader can move each tensor to its
-target device and dtype before reading the next one (no second full copy in RAM).
+target device and dtype before reading the next one (no second full copy in RAM). Headers are validated
+completely and index shards contained in their folder (`io.safe`) before anything is read; pickles load
+with weights_only=True only.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .safe import (NAME_LIMIT, CheckpointError, contained, json_object, read_json, read_safetensors_header,
+                   regular_file, shown)
 
-class CheckpointError(ValueError):
-    """A model file that cannot be used: the message says what was found, expected, and what to do."""
-
+__all__ = ["CheckpointError", "Checkpoint", "TensorInfo", "INDEX_SUFFIX", "open_checkpoint", "file_identity",
+           "read_index", "require_float", "unwrap_state_dict"]
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -76,15 +80,15 @@ class Checkpoint:
         try:
             reader = self._readers[key]
         except KeyError:
-            raise CheckpointError(f"{self.path}: tensor '{self.prefix}{key}' is not in this file.") from None
+            raise CheckpointError(f"{self.path}: tensor {shown(self.prefix + key)} is not in this file.") from None
         try:
             return reader()
         except CheckpointError:
             raise
-        except Exception as exc:  # a truncated file fails here, not at open
+        except Exception as exc:  # the file changed or was damaged since its header was read
             raise CheckpointError(
-                f"{self.path}: could not read tensor '{self.prefix}{key}' ({exc}). The file looks truncated or "
-                "corrupt; download it again."
+                f"{self.path}: could not read tensor {shown(self.prefix + key)}; the file changed since it was opened, "
+                "or is damaged. Download it again."
             ) from exc
 
     def strip_prefix(self, prefixes: Iterable[str]) -> "Checkpoint":
@@ -131,7 +135,7 @@ def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-_ST_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -139,43 +143,11 @@ _ST_DTYPES = {
 }
 
 
-def _read_safetensors_header(path: Path) -> tuple[dict, dict[str, str]]:
-    """Parse a safetensors header and check that the file is long enough for every tensor."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: {size} bytes is too short to be a safetensors file; download it again.")
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > min(size - 8, 100_000_000):
-            raise CheckpointError(
-                f"{path}: not a valid safetensors file (header length {n} for a {size}-byte file). "
-                "It is corrupt, truncated, or another format renamed to .safetensors; download it again."
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc}); the file is corrupt.") from exc
-    metadata = header.pop("__metadata__", None) or {}
-    data_len = max((v["data_offsets"][1] for v in header.values()), default=0)
-    if 8 + n + data_len > size:
-        raise CheckpointError(
-            f"{path}: the file is truncated: its header describes {8 + n + data_len:,} bytes but it has {size:,}. "
-            "The download did not finish; download it again."
-        )
-    return header, metadata
-
-
 def _open_safetensors(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Callable[[], torch.Tensor]], dict[str, str]]:
     from safetensors import safe_open
 
-    header, metadata = _read_safetensors_header(path)
-    infos: dict[str, TensorInfo] = {}
-    for key, entry in header.items():
-        dtype = _ST_DTYPES.get(entry["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"{path}: tensor '{key}' has dtype {entry['dtype']}, which this pack cannot read.")
-        infos[key] = TensorInfo(tuple(entry["shape"]), dtype)
+    header = read_safetensors_header(path, SAFETENSORS_DTYPES)
+    infos = {key: TensorInfo(t.shape, t.dtype) for key, t in header.tensors.items()}
     handle: list = []
 
     def reader(key: str) -> Callable[[], torch.Tensor]:
@@ -185,33 +157,101 @@ def _open_safetensors(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Call
             return handle[0].get_tensor(key)
         return read
 
-    return infos, {k: reader(k) for k in infos}, dict(metadata)
+    return infos, {k: reader(k) for k in infos}, header.metadata
+
+
+# --------------------------------------------------------------------------------------------- .pth pickles
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+# Containers a state dict is saved inside (the keys spandrel and ComfyUI unwrap), tried in this order.
+WRAPPER_KEYS = ("model_state_dict", "state_dict", "params_ema", "params-ema", "params", "model", "net", "module")
+
+
+def _torch_load(path: Path) -> object:
+    """torch.load with weights_only=True (no code in the file ever runs); our own message for every failure."""
+    size = regular_file(path, "PyTorch file").st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download); download it again.")
+    is_zip = head == _ZIP_MAGIC
+    if not is_zip and head[:1] != bytes([_PICKLE_PROTO]):
+        raise CheckpointError(f"{path}: not a PyTorch file (neither torch.save's zip archive nor a pickle); it is "
+                              "corrupt or another format renamed to .pth. Download it again.")
+    if is_zip:
+        _refuse_torchscript(path)
+    try:
+        # mmap keeps the tensors on disk until a loader reads them (zip archives only; the legacy format cannot).
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: this file stores Python objects besides tensors (a pickle that could run code when loaded). This "
+            "pack loads only plain tensor state dicts and never runs code from model files, so it is refused. Use "
+            "the .safetensors release of the model, or convert the file where you trust it.") from None
+    except (RecursionError, MemoryError):
+        raise CheckpointError(f"{path}: the file nests objects too deeply or claims absurd sizes; it is corrupt or "
+                              "built to crash readers, and is refused.") from None
+    except Exception:  # noqa: BLE001 - truncated/corrupt archives fail in many ways inside torch and zipfile
+        raise CheckpointError(f"{path}: could not be read as a PyTorch state dict: the file is truncated or corrupt. "
+                              "Download it again.") from None
+
+
+def _refuse_torchscript(path: Path) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()[:10_000]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path}: the PyTorch zip archive is truncated or corrupt; download it again.") from None
+    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+        raise CheckpointError(f"{path}: this is a TorchScript program, not a state dict of weights; it is not loaded "
+                              "(it would run its own code). Use the plain .pth or .safetensors release.")
+
+
+def unwrap_state_dict(obj: object) -> object:
+    """The state dict inside the containers training code saves it in ({'params_ema': sd}, {'state_dict': sd}, ...)."""
+    for _ in range(4):
+        if not isinstance(obj, dict):
+            return obj
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+            inner = next(iter(obj.values()))
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
 
 
 def _open_pickle(path: Path) -> tuple[dict[str, TensorInfo], dict[str, Callable[[], torch.Tensor]]]:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
-            raise CheckpointError(f"{path}: could not read this PyTorch file ({exc}); it may be truncated or corrupt.") from exc
-        sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format cannot be mmapped
-    except Exception as exc:  # weights_only refuses arbitrary pickles; say so plainly
-        raise CheckpointError(
-            f"{path}: could not read this file as a PyTorch state dict with weights_only=True ({exc}). "
-            "Only plain tensor checkpoints are accepted, never arbitrary pickles."
-        ) from exc
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors, found a {type(sd).__name__}.")
+    sd = unwrap_state_dict(_torch_load(path))
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state dict (names -> tensors), found a {type(sd).__name__}.")
+    for key, value in sd.items():
+        if not isinstance(key, str) or len(key) > NAME_LIMIT or not key.isprintable():
+            raise CheckpointError(f"{path}: the state dict has the entry name {shown(key)}; expected printable tensor "
+                                  f"names of at most {NAME_LIMIT} characters. The file is corrupt.")
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided or value.is_quantized:
+            kind = type(value).__name__ if not isinstance(value, torch.Tensor) else f"{value.layout} tensor"
+            raise CheckpointError(f"{path}: entry {shown(key)} is a {kind}, not a dense tensor; expected a state dict "
+                                  "of weights only.")
     infos = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in sd.items()}
     return infos, {k: (lambda v=v: v) for k, v in sd.items()}
 
 
+# --------------------------------------------------------------------------------------------- folders, indexes
+
+
+def _config(folder: Path) -> dict | None:
+    path = folder / "config.json"
+    if not path.exists():
+        return None
+    return json_object(read_json(path, "config.json"), path, "config.json")
+
+
 def _open_folder(path: Path) -> Checkpoint:
-    config = None
-    if (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text())
+    config = _config(path)
     indexes = sorted(path.glob("*" + INDEX_SUFFIX))
     infos: dict[str, TensorInfo] = {}
     readers: dict[str, Callable[[], torch.Tensor]] = {}
@@ -222,8 +262,7 @@ def _open_folder(path: Path) -> Checkpoint:
     if not files:
         raise CheckpointError(
             f"{path}: this folder has no .safetensors weights and no {INDEX_SUFFIX} index. "
-            "Point at the folder that holds config.json and diffusion_pytorch_model*.safetensors."
-        )
+            "Point at the folder that holds config.json and diffusion_pytorch_model*.safetensors.")
     for f in files:
         i, r, m = _open_safetensors(f)
         infos.update(i)
@@ -232,33 +271,48 @@ def _open_folder(path: Path) -> Checkpoint:
     return Checkpoint(path, infos, readers, metadata, config)
 
 
+def read_index(index_path: Path) -> dict[str, Path]:
+    """An index's weight_map as tensor name -> shard path, every shard inside the index's folder (checked)."""
+    index = json_object(read_json(index_path, "safetensors index"), index_path, "safetensors index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: not a valid safetensors index: 'weight_map' is "
+                              f"{'missing' if weight_map is None else 'not a non-empty object'}. Download it again.")
+    folder = index_path.parent
+    shards: dict[object, Path] = {}
+    out: dict[str, Path] = {}
+    for key, shard in weight_map.items():
+        if len(key) > NAME_LIMIT or not key.isprintable():
+            raise CheckpointError(f"{index_path}: the index names the tensor {shown(key)}; expected printable names "
+                                  f"of at most {NAME_LIMIT} characters. The file is corrupt.")
+        if not isinstance(shard, str) or shard not in shards:  # contained() refuses a non-string before it is hashed
+            shards[shard] = contained(folder, shard, index_path, "shard")
+        out[key] = shards[shard]
+    return out
+
+
 def _open_index(index_path: Path, config: dict | None = None) -> Checkpoint:
     folder = index_path.parent
-    if config is None and (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
-    try:
-        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{index_path}: not a valid safetensors index (no weight_map): {exc}") from exc
+    if config is None:
+        config = _config(folder)
+    weight_map = read_index(index_path)
     shards = sorted(set(weight_map.values()))
-    missing = [s for s in shards if not (folder / s).is_file()]
+    missing = [s for s in shards if not s.is_file()]
     if missing:
         raise CheckpointError(
-            f"{index_path}: {len(missing)} of {len(shards)} shards are missing: {', '.join(missing)}. "
-            f"Download every shard into {folder}."
-        )
+            f"{index_path}: {len(missing)} of {len(shards)} shards are missing or not files: "
+            f"{', '.join(shown(s.name) for s in missing[:5])}. Download every shard into {folder}.")
     infos: dict[str, TensorInfo] = {}
     readers: dict[str, Callable[[], torch.Tensor]] = {}
     metadata: dict[str, str] = {}
     for shard in shards:
-        i, r, m = _open_safetensors(folder / shard)
+        i, r, m = _open_safetensors(shard)
         wanted = {k for k, s in weight_map.items() if s == shard}
         absent = wanted - set(i)
         if absent:
             raise CheckpointError(
-                f"{folder / shard}: the index lists {len(absent)} tensors in this shard that it lacks "
-                f"(e.g. '{sorted(absent)[0]}'); the shard is from another download. Download it again."
-            )
+                f"{shard}: the index lists {len(absent)} tensors in this shard that it lacks "
+                f"(e.g. {shown(sorted(absent)[0])}); the shard is from another download. Download it again.")
         infos.update({k: i[k] for k in wanted})
         readers.update({k: r[k] for k in wanted})
         metadata.update(m)
@@ -292,11 +346,42 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     )
 
 
-def file_identity(path: str | os.PathLike) -> tuple[str, int, int]:
-    """(resolved path, size, mtime_ns) of a file, or of a folder's newest weights file: a cache key part."""
+def require_float(ckpt: Checkpoint, keys: Iterable[str], what: str) -> None:
+    """CheckpointError when a weight among `keys` is stored as integers or booleans: no model of this pack computes
+    with them, and converting them would load garbage silently (fp8 layers are floating point and pass)."""
+    for key in keys:
+        info = ckpt.infos.get(key)
+        if info is not None and not info.dtype.is_floating_point:
+            count = sum(1 for k in keys if k in ckpt.infos and not ckpt.infos[k].dtype.is_floating_point)
+            raise CheckpointError(
+                f"{ckpt.path}: weight {shown(ckpt.prefix + key)} of the {what} is stored as "
+                f"{str(info.dtype).removeprefix('torch.')} ({count} weights are integer); model weights must be "
+                "floating point (fp32, bf16, fp16, or fp8 with its scales). The file is quantised in a format this "
+                "pack does not read, or corrupt; use the fp16/bf16 or fp8_scaled release.")
+
+
+def file_identity(path: str | os.PathLike) -> tuple:
+    """What identifies a file's contents for the caches: (resolved path, size, mtime_ns, device, inode, ctime_ns).
+
+    Replacing a file (cp -p, rsync -t, a new download renamed over it) changes its inode or ctime even when size and
+    mtime are kept, and no tool can set ctime back; nothing is read, so this is cheap for 28 GB files. A folder's
+    (or a sharded index's) identity covers each of its weights and JSON files the same way.
+    """
     p = Path(path).resolve()
-    if p.is_dir():
-        files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.json")))
-        return (str(p), sum(f.stat().st_size for f in files), max((f.stat().st_mtime_ns for f in files), default=0))
-    st = p.stat()
-    return (str(p), st.st_size, st.st_mtime_ns)
+    if p.name.lower().endswith(INDEX_SUFFIX):
+        p = p.parent  # a sharded expert is its folder: a replaced shard changes the identity too
+    try:
+        if p.is_dir():
+            files = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.json")))
+            stats = [(f.name, _stat_identity(f.stat())) for f in files]
+            digest = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+            return (str(p), sum(s[1][0] for s in stats), max((s[1][1] for s in stats), default=0), digest)
+        return (str(p), *_stat_identity(p.stat()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such file or folder. Check the path and the model folder it should be in.") from None
+    except OSError as exc:
+        raise CheckpointError(f"{p}: cannot be read ({exc.strerror}). Check its permissions.") from None
+
+
+def _stat_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns)

@@ -19,8 +19,9 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import CheckpointError, TensorInfo
+from .checkpoint import CheckpointError, TensorInfo, file_identity
 from .quant.ggml import GGML_TYPES
+from .safe import MAX_RANK, NAME_LIMIT, regular_file, shown
 
 _FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 SUPPORTED = tuple(_FLOAT_TYPES) + GGML_TYPES
@@ -36,58 +37,103 @@ class GGUFTensor:
     stored_shape: tuple[int, ...]  # what a read returns: the torch shape, or [rows, row_bytes] for GGML blocks
 
 
-def _orig_shape(reader, name: str) -> tuple[int, ...] | None:
+def _orig_shape(reader, name: str, path: Path) -> tuple[int, ...] | None:
     field = reader.get_field(f"comfy.gguf.orig_shape.{name}")
-    return tuple(int(v) for v in field.contents()) if field is not None else None
+    if field is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in field.contents())
+    except (TypeError, ValueError):
+        shape = (-1,)
+    if len(shape) > MAX_RANK or any(v < 0 for v in shape):
+        raise CheckpointError(f"{path}: the comfy.gguf.orig_shape entry of tensor {shown(name)} is not a shape of at "
+                              f"most {MAX_RANK} non-negative sizes; the file is corrupt. Download it again.")
+    return shape
 
 
 def _unsupported(path: Path, name: str, type_name: str) -> CheckpointError:
     return CheckpointError(
-        f"{path}: tensor '{name}' is stored as GGUF {type_name}, a quantisation type this pack cannot read. It reads "
+        f"{path}: tensor {shown(name)} is stored as GGUF {type_name}, a quantisation type this pack cannot read. It reads "
         f"{', '.join(SUPPORTED)} (the Q8_0, Q6_K, Q5_K_M/S, Q4_K_M/S, Q4_0, Q3_K_S/M, F16 and BF16 files). "
         "Download one of those quantisations of the expert instead.")
 
 
 def read_table(path: str | Path) -> tuple[dict[str, GGUFTensor], dict[str, str]]:
     """Tensor table and string metadata (e.g. general.architecture) of a GGUF file; CheckpointError if unreadable."""
-    st = Path(path).stat()
-    return _read_table(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    regular_file(Path(path), "GGUF file")
+    return _read_table(file_identity(path))
 
 
 @lru_cache(maxsize=16)
-def _read_table(name: str, size: int, mtime_ns: int) -> tuple[dict[str, GGUFTensor], dict[str, str]]:
+def _read_table(identity: tuple) -> tuple[dict[str, GGUFTensor], dict[str, str]]:
     """`read_table` per file identity: a 14B expert's header is parsed once, not at every inspect and load."""
-    path = Path(name)
+    path, size = Path(identity[0]), identity[1]
+    if size < 24:
+        raise CheckpointError(f"{path}: {size} bytes is too short to be a GGUF file (an empty or interrupted "
+                              "download); download it again.")
     try:
         from gguf import GGUFReader
-        reader = GGUFReader(str(path))
     except ImportError as exc:
         raise CheckpointError(f"{path}: reading GGUF files needs the 'gguf' package (pip install gguf).") from exc
-    except Exception as exc:  # truncated or foreign files fail inside the parser with assorted errors
-        raise CheckpointError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc}). It is truncated or "
-                              "corrupt; download it again.") from exc
+    try:
+        reader = GGUFReader(str(path))
+        tensors = list(reader.tensors)
+    except Exception:  # noqa: BLE001 - truncated or foreign files fail inside the parser in many ways
+        raise CheckpointError(f"{path}: not a readable GGUF file (a header of a version the gguf package cannot read, "
+                              "or truncated or corrupt; download it again).") from None
     table: dict[str, GGUFTensor] = {}
-    for t in reader.tensors:
+    for t in tensors:
         type_name = t.tensor_type.name
+        if len(t.name) > NAME_LIMIT or not t.name.isprintable():
+            raise CheckpointError(f"{path}: a tensor name with control characters or beyond {NAME_LIMIT} characters "
+                                  f"({shown(t.name)}); no real model has one. The file is refused.")
         if type_name not in SUPPORTED:
             raise _unsupported(path, t.name, type_name)
-        shape = _orig_shape(reader, t.name) or tuple(int(v) for v in reversed(t.shape.tolist()))
+        if t.name in table:
+            raise CheckpointError(f"{path}: names the tensor {shown(t.name)} twice; the file is corrupt or was edited.")
+        shape = _orig_shape(reader, t.name, path) or tuple(int(v) for v in reversed(t.shape.tolist()))
+        if math.prod(shape) != int(t.n_elements):
+            raise CheckpointError(f"{path}: tensor {shown(t.name)} holds {int(t.n_elements):,} values but its shape "
+                                  f"{list(shape)} has {math.prod(shape):,}; the file is corrupt. Download it again.")
         if type_name in _FLOAT_TYPES:
             info, stored = TensorInfo(shape, _FLOAT_TYPES[type_name]), shape
         else:
             info = TensorInfo(shape, torch.uint8, packing=type_name, nbytes=int(t.n_bytes))
             rows = math.prod(shape[:-1]) if len(shape) > 1 else 1
             stored = (rows, int(t.n_bytes) // max(rows, 1))
+        if (int(t.data_offset) - reader.data_offset) % reader.alignment:
+            raise CheckpointError(f"{path}: tensor {shown(t.name)} starts at byte {int(t.data_offset):,}, off the "
+                                  f"file's {reader.alignment}-byte alignment (the format requires it); the file is "
+                                  "corrupt. Download it again.")
         if t.data_offset + t.n_bytes > size:
-            raise CheckpointError(f"{path}: the file is truncated: tensor '{t.name}' ends at byte "
+            raise CheckpointError(f"{path}: the file is truncated: tensor {shown(t.name)} ends at byte "
                                   f"{t.data_offset + t.n_bytes:,} but the file has {size:,}. Download it again.")
         table[t.name] = GGUFTensor(info, int(t.data_offset), int(t.n_bytes), stored)
+    _check_disjoint(table, path)
+    return table, _metadata(reader)
+
+
+def _check_disjoint(table: dict[str, GGUFTensor], path: Path) -> None:
+    """No two tensors share bytes (a file built to alias weights, or a corrupt tensor table)."""
+    end, previous = 0, None
+    for name, entry in sorted(table.items(), key=lambda item: item[1].offset):
+        if entry.offset < end:
+            raise CheckpointError(f"{path}: tensors {shown(previous)} and {shown(name)} overlap in the data section; "
+                                  "the file is corrupt or was built to alias weights. It is refused.")
+        end, previous = max(end, entry.offset + entry.nbytes), name
+
+
+def _metadata(reader) -> dict[str, str]:
+    """The few header strings worth showing (architecture, file type, name); unreadable ones are left out."""
     metadata = {}
     for key in ("general.architecture", "general.file_type", "general.name"):
         field = reader.get_field(key)
-        if field is not None:
-            metadata[key] = str(field.contents())
-    return table, metadata
+        try:
+            if field is not None:
+                metadata[key] = str(field.contents())
+        except (UnicodeDecodeError, ValueError, IndexError, TypeError):
+            continue
+    return metadata
 
 
 def open_gguf(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, Callable[[], torch.Tensor]], dict[str, str]]:

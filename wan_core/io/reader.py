@@ -8,18 +8,19 @@ final tensors plus a few chunk-sized temporaries, whatever the model size.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import torch
 
-from .checkpoint import INDEX_SUFFIX, Checkpoint, CheckpointError, TensorInfo
+from .checkpoint import INDEX_SUFFIX, SAFETENSORS_DTYPES, Checkpoint, CheckpointError, TensorInfo, read_index
+from .safe import read_safetensors_header, shown
 
 
 def byte_locations(path: Path) -> dict[str, tuple[Path, int, int]]:
-    """Stored key -> (file, byte offset, byte length) for safetensors and GGUF sources; {} for pickles."""
+    """Stored key -> (file, byte offset, byte length) of a safetensors file, folder or index, or of a GGUF file, from
+    validated headers (shards contained in their folder, io.safe); {} for pickles, whose tensors come through torch."""
     if path.name.lower().endswith(".gguf"):
         from .gguf import locations
 
@@ -27,24 +28,23 @@ def byte_locations(path: Path) -> dict[str, tuple[Path, int, int]]:
     if path.is_dir():
         indexes = sorted(path.glob("*" + INDEX_SUFFIX))
         if indexes:
-            weight_map = json.loads(indexes[0].read_text())["weight_map"]
-            files = sorted({path / name for name in weight_map.values()})
+            weight_map = read_index(indexes[0])
+            files = sorted(set(weight_map.values()))
         else:
             weight_map, files = None, sorted(path.glob("*.safetensors"))
+    elif path.name.lower().endswith(INDEX_SUFFIX):
+        weight_map = read_index(path)
+        files = sorted(set(weight_map.values()))
     elif path.name.lower().endswith((".safetensors", ".sft")):
         weight_map, files = None, [path]
     else:
         return {}
     locations = {}
     for file in files:
-        with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        for key, entry in header.items():
-            if weight_map is None or weight_map.get(key) == file.name:
-                start, end = entry["data_offsets"]
-                locations[key] = (file, 8 + n + start, end - start)
+        header = read_safetensors_header(file, SAFETENSORS_DTYPES)
+        for key, t in header.tensors.items():
+            if weight_map is None or weight_map.get(key) == file:
+                locations[key] = (file, header.data_start + t.start, t.end - t.start)
     return locations
 
 
@@ -77,10 +77,10 @@ class TensorReader:
             handle.seek(start + offset)
             got = handle.readinto(out.numpy())
         except OSError as exc:
-            raise CheckpointError(f"{file}: could not read tensor '{stored}' ({exc}). Check that the file is still "
+            raise CheckpointError(f"{file}: could not read tensor {shown(stored)} ({exc.strerror}). Check that the file is still "
                                   "there and readable.") from exc
         if got != out.numel():
-            raise CheckpointError(f"{file}: tensor '{stored}' ends after {offset + got} of {nbytes} bytes; the file "
+            raise CheckpointError(f"{file}: tensor {shown(stored)} ends after {offset + got} of {nbytes} bytes; the file "
                                   "is truncated. Download it again.")
 
     def chunks(self, key: str) -> Iterator[tuple[int, torch.Tensor]]:
@@ -97,7 +97,7 @@ class TensorReader:
             return
         nbytes = self.locations[stored][2]
         if nbytes != numel * itemsize:
-            raise CheckpointError(f"{self.locations[stored][0]}: tensor '{stored}' stores {nbytes} bytes for shape "
+            raise CheckpointError(f"{self.locations[stored][0]}: tensor {shown(stored)} stores {nbytes} bytes for shape "
                                   f"{list(info.shape)} {info.dtype}; the file is corrupt. Download it again.")
         if self._staging is None:
             self._staging = torch.empty(_STAGING_BYTES, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
@@ -150,7 +150,7 @@ class TensorReader:
             return self.ckpt.get(key).contiguous().view(torch.uint8).reshape(-1).view(dtype).reshape(shape).to(self.device)
         nbytes = self.locations[stored][2]
         if nbytes != math.prod(shape) * dtype.itemsize:
-            raise CheckpointError(f"{self.locations[stored][0]}: tensor '{stored}' stores {nbytes} bytes; its format "
+            raise CheckpointError(f"{self.locations[stored][0]}: tensor {shown(stored)} stores {nbytes} bytes; its format "
                                   f"needs {math.prod(shape) * dtype.itemsize} for {list(shape)} {dtype}. The file is "
                                   "corrupt; download it again.")
         out = torch.empty(nbytes, dtype=torch.uint8)

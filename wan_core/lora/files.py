@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..dit.model import DiTConfig
-from ..io.checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint
+from ..io.checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint, require_float
 from .keys import ExpertNames, expert_names, split_key, unsupported_format
 
 log = logging.getLogger("wan_core.lora")
@@ -84,6 +84,7 @@ def _read(identity: tuple, config: DiTConfig) -> LoraFile:
     patches = [Patch(target, family, tuple(sorted(roles.items())), alphas.get(module))
                for (module, family, target), roles in groups.items()]
     _check_complete(patches, path)
+    require_float(ckpt, [key for p in patches for _, key in p.roles] + list(alphas.values()), "LoRA")
     problems = [(p, problem) for p in patches if (problem := _shape_problem(p, ckpt, names.shapes[p.target]))]
     if problems and len(problems) == len(patches):
         raise CheckpointError(f"{path}: no tensor of this LoRA fits a Wan2.2-T2V-A14B expert of width {config.dim} "

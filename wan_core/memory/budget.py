@@ -28,7 +28,10 @@ class NotEnoughMemoryError(RuntimeError):
         self.needed, self.free, self.device = needed, free, device
 
     def advise(self, advice: str) -> "NotEnoughMemoryError":
-        """The same error with the caller's advice (which of its settings would make it fit) appended."""
+        """The same error with the caller's advice (which of its settings would make it fit) appended, unless the
+        message already says what would make it fit."""
+        if "To fit:" in str(self):
+            return self
         return NotEnoughMemoryError(f"{self} {advice}", needed=self.needed, free=self.free, device=self.device)
 
 
@@ -104,6 +107,23 @@ def room(device: torch.device | str, share: float = ESTIMATE_SHARE) -> int:
 def fits(need_bytes: int, device: torch.device | str, share: float = ESTIMATE_SHARE) -> bool:
     """Whether an estimated `need_bytes` of working memory fits on `device` with the headroom `share` leaves."""
     return need_bytes <= room(device, share)
+
+
+def zeros_on_demand(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Zeros in `shape`; on the CPU, large ones in fresh anonymous memory whose pages the OS commits only when written,
+    so an empty latent costs nothing until a run fills it (and a run refused for its size allocated nothing)."""
+    count = 1
+    for s in shape:
+        count *= s
+    if torch.device(device).type != "cpu" or count * dtype.itemsize < LAZY_ZEROS_BYTES:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    import mmap
+
+    buffer = mmap.mmap(-1, count * dtype.itemsize)  # the tensor keeps the mapping alive and unmaps it when freed
+    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
+
+
+LAZY_ZEROS_BYTES = 64 << 20
 
 
 def _env_gib(name: str) -> int | None:

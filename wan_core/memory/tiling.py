@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from .pace import current
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of length `tile` covering `size`, neighbours overlapping by >= `overlap`."""
@@ -55,19 +56,21 @@ def tiled_apply(
     input's (a VAE decoder turns 16 latent channels and T frames into 3 channels and 4T-3 frames).
     `margin` input pixels at each side a neighbour overlaps get weight 0 (the ramp runs between them), so a
     function whose receptive field reaches at most `margin` pixels gives the untiled result; it must stay
-    below half the overlap.
+    below half the overlap. The run's cancel check (memory.pace) runs before every tile.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     oh, ow = (overlap, overlap) if isinstance(overlap, int) else overlap
     H, W = x.shape[-2:]
     ys, xs = tile_starts(H, th, oh), tile_starts(W, tw, ow)
     if len(ys) == 1 and len(xs) == 1:
+        current().tick()
         return fn(x).to(out_dtype)
     out: torch.Tensor | None = None
     weight = torch.zeros(H * scale, W * scale, dtype=torch.float32, device=out_device)
     for yi, y0 in enumerate(ys):
         for xi, x0 in enumerate(xs):
             y1, x1 = min(y0 + th, H), min(x0 + tw, W)
+            current().tick()
             result = fn(x[..., y0:y1, x0:x1])
             if out is None:
                 out = torch.zeros(*result.shape[:-2], H * scale, W * scale, dtype=out_dtype, device=out_device or result.device)

@@ -18,6 +18,7 @@ Latents are the normalised latents the DiT sees: [B, 16, T, H, W] float32.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Sequence
 
@@ -25,7 +26,8 @@ import torch
 
 from ..config import BOUNDARY, CFG_BATCH_MODES, GUIDE_HIGH, GUIDE_LOW, SHIFT, STEPS
 from ..dit.sizes import activation_bytes, token_count
-from ..memory.budget import fits
+from ..memory.budget import NotEnoughMemoryError, fits, free_bytes, gib, room, tier_of
+from ..memory.pace import pacing
 from ..requests import ContextWindows
 from .control import BoundControl, Control
 from .experts import ExpertSource
@@ -77,9 +79,9 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     None when both guidance scales are 1). Start: pure `noise` when `schedule.from_noise` (denoise 1,
     the official loop; `latent` then only gives the shape), else sigma0 * noise + (1 - sigma0) * latent.
     noise: given, or `make_noise(shape, seed)`, always for the whole latent. `check_cancel()` runs between steps,
-    windows and before every transformer block; whatever it raises propagates. `experts.release()` runs however
-    the run ends. `step_cache`: a StepCache deciding per step whether the experts' blocks run (its counters tell what
-    it skipped; not used with windows, see `_denoiser`). windows: sample in overlapping temporal windows
+    windows, before every transformer block and between the chunks of long calls (memory.pace); whatever it raises
+    propagates. `experts.release()` runs however the run ends. `step_cache`: a StepCache deciding per step whether
+    the experts' blocks run (its counters tell what it skipped; not used with windows, see `_denoiser`). windows: sample in overlapping temporal windows
     (sampling/windows.py); travel: a prompt list (each like `positive`) scheduled over those windows instead of
     `positive`. mask: keep `latent` where it is 0 (sampling/masking.py). control: VACE streams of the positive /
     negative conditioning (checked against the latent's shape; not with windows).
@@ -114,28 +116,29 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
     previous: torch.nn.Module | None = None
     try:
-        for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
-            if check_cancel is not None:
-                check_cancel()
-            sigma = schedule.sigmas[i]
+        with pacing(check=check_cancel):  # attention and other long calls check it between chunks
+            for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
+                if check_cancel is not None:
+                    check_cancel()
+                sigma = schedule.sigmas[i]
+                if kept is not None:
+                    x = kept.noised(x, sigma)
+                model = experts.expert(name)
+                if used and model is not previous:  # the switch: the last expert's kept text keys/values go now
+                    getattr(previous, "forget_text", lambda: None)()
+                used[id(model)], previous = model, model
+                if step_cache is not None and plan is None:
+                    step_cache.begin_step(i, name)
+                # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
+                timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
+                velocity = velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which))
+                if kept is not None:
+                    velocity = kept.velocity(velocity, x, sigma)
+                if callback is not None:
+                    callback(i, t, name, solver.x0(velocity, x, i))
+                x = solver.step(velocity, x, i)
             if kept is not None:
-                x = kept.noised(x, sigma)
-            model = experts.expert(name)
-            if used and model is not previous:  # the switch: the last expert's kept text keys/values go now
-                getattr(previous, "forget_text", lambda: None)()
-            used[id(model)], previous = model, model
-            if step_cache is not None and plan is None:
-                step_cache.begin_step(i, name)
-            # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
-            timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
-            velocity = velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which))
-            if kept is not None:
-                velocity = kept.velocity(velocity, x, sigma)
-            if callback is not None:
-                callback(i, t, name, solver.x0(velocity, x, i))
-            x = solver.step(velocity, x, i)
-        if kept is not None:
-            x = kept.final(x)
+                x = kept.final(x)
     finally:
         for model in used.values():
             getattr(model, "forget_text", lambda: None)()
@@ -230,6 +233,27 @@ def _use_cfg_batch(mode: str, model: torch.nn.Module, x: torch.Tensor, device: t
     if mode != "auto":
         return mode == "on"
     return fits(2 * cfg_batch_bytes(model, x), device)
+
+
+def working_bytes(config: object, shape: Sequence[int]) -> int:
+    """Least working memory of a run on a latent `shape` besides the weights: the latent's copies (noise, x, the
+    velocities, the solver's history, the preview estimate) and one forward's activations and RoPE rotations."""
+    latent = math.prod(shape) * 4
+    tokens = token_count(config, shape)
+    rope = tokens * (config.head_dim // 2) * 16  # complex128
+    return 8 * latent + activation_bytes(config, tokens, int(shape[0])) + rope
+
+
+def check_working_memory(config: object, shape: Sequence[int], device: torch.device | str) -> None:
+    """Refuse, before anything is allocated, a latent whose sampling cannot fit on `device` even without weights."""
+    need, available = working_bytes(config, shape), room(device)
+    if need > available:
+        b, _, t, h, w = shape
+        raise NotEnoughMemoryError(
+            f"sampling a latent of {list(shape)} ({w * 8}x{h * 8} pixels, {1 + 4 * (t - 1)} frames, batch {b}) needs "
+            f"about {gib(need)} of working memory on {tier_of(device)} besides the model weights, but {gib(available)} "
+            f"is available ({gib(free_bytes(device))} free). To fit: lower the width/height, the length or the "
+            "batch_size of the empty latent.", needed=need, free=available, device=tier_of(device))
 
 
 def _latent_shape(latent: torch.Tensor | None, shape: Sequence[int] | None,

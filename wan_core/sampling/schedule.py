@@ -249,9 +249,16 @@ def _experts(timesteps: np.ndarray, start: int, boundary: float, switch_step: in
     return tuple("high" if int(t) >= threshold else "low" for t in timesteps)
 
 
+MAX_STEPS = 1000  # more is never a useful schedule, and would hold the queue for hours
+
+
 def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise ValueError(f"steps must be a whole number, got {steps!r}")
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS}, got {steps}")
 
 
 def _check_solver(solver: str) -> None:

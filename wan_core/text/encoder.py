@@ -20,13 +20,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import COMPUTE_DTYPES, ENCODER_STORAGE
-from ..io.checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint
+from ..io.checkpoint import Checkpoint, CheckpointError, file_identity, open_checkpoint, require_float
+from ..io.safe import shown
 from ..io.quant import FP8_DTYPES, describe_fp8, quantize_fp8, swap_in_fp8_linears
 from .t5 import T5Config, T5Encoder
 from .tokenizer import SPIECE_KEY, Tokenizer, _spm_from_tensor, find_tokenizer_near, load_tokenizer
 
 log = logging.getLogger(__name__)
 
+MAX_BLOCKS = 256  # encoder blocks a file may declare (umT5-XXL: 24); more is a corrupt or hostile header
 _PREFIXES = ("text_encoders.umt5xxl.transformer.", "umt5xxl.transformer.", "text_encoder.", "t5xxl.transformer.",
              "model.", "module.")
 
@@ -248,16 +250,22 @@ def load_text_encoder(path: str | os.PathLike, *, device: torch.device | str = "
     layout, view = detect_layout(raw)
     tokenizer = _find_tokenizer(raw.strip_prefix(_PREFIXES), path, tokenizer_path)
     shapes = {k: i.shape for k, i in view.infos.items()}
+    blocks = {k.split(".")[1] for k in shapes if k.startswith("blocks.")}
+    if len(blocks) > MAX_BLOCKS or not all(b.isdigit() and int(b) < MAX_BLOCKS for b in blocks):
+        raise CheckpointError(f"{path}: the encoder's blocks are not numbered 0..N-1 with N <= {MAX_BLOCKS} (umT5-XXL "
+                              "has 24); the file is corrupt. Download it again.")
     try:
         cfg = T5Config.from_shapes(shapes)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: umT5 keys are incomplete ({exc}); download the file again.") from exc
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path}: umT5 keys are incomplete or have the wrong number of dimensions; download the "
+                              "file again.") from None
     expected = cfg.official_shapes()
     bad = {k: (shapes.get(k), s) for k, s in expected.items() if k in shapes and tuple(shapes[k]) != s}
     missing = sorted(set(expected) - set(shapes))
     if bad or missing:
         detail = "; ".join([f"{k}: found {tuple(a)} expected {b}" for k, (a, b) in list(bad.items())[:3]] + [f"missing {_sample(missing)}"] * bool(missing))
         raise CheckpointError(f"{path}: inconsistent umT5 weights ({detail}). The file is damaged or mixed; download it again.")
+    require_float(view, list(expected), "umT5 text encoder")
     if tokenizer.vocab_size > cfg.vocab:
         raise CheckpointError(f"{path}: the tokenizer has {tokenizer.vocab_size} pieces but the embedding only {cfg.vocab} rows; "
                               "the tokenizer is not the one of this encoder.")
@@ -266,8 +274,12 @@ def load_text_encoder(path: str | os.PathLike, *, device: torch.device | str = "
     fp8 = describe_fp8(view)
     mode, compute = _resolve_dtype(view, dtype, fp8 is not None)
     scales = fp8.layers if fp8 else {}
-    with torch.device("meta"):
-        model = T5Encoder(cfg)
+    try:
+        with torch.device("meta"):
+            model = T5Encoder(cfg)
+    except (ValueError, ZeroDivisionError, RuntimeError):
+        raise CheckpointError(f"{path}: the encoder's tensor shapes ({cfg}) do not form a umT5 encoder; the file is "
+                              "corrupt. Download it again.") from None
     linear_names = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     if mode == "fp8":
         swap_in_fp8_linears(model, linear_names, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
@@ -276,6 +288,10 @@ def load_text_encoder(path: str | os.PathLike, *, device: torch.device | str = "
         t = view.get(key)
         layer = key[: -len(".weight")]
         scale = view.get(scales[layer]).float() if scales.get(layer) else None
+        if scale is not None and scale.numel() != 1:
+            raise CheckpointError(f"{path}: fp8 scale {shown(scales[layer])} has shape {list(scale.shape)}; only "
+                                  "per-tensor scales (one value) are supported. The file is corrupt or of another "
+                                  "format.")
         if t.dtype in FP8_DTYPES:
             if mode == "fp8" and (layer in linear_names or key == "token_embedding.weight"):
                 s = scale if scale is not None else torch.ones(())

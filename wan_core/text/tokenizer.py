@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 
 from ..io.checkpoint import CheckpointError
+from ..io.safe import regular_file
 from ..config import TEXT_LEN
 
 log = logging.getLogger(__name__)
 
 SPIECE_KEY = "spiece_model"
 TOKENIZER_FILES = ("spiece.model", "tokenizer.json")
+TOKENIZER_LIMIT = 64 << 20  # bytes a tokenizer file may have
 _WS = re.compile(r"\s+")
 
 
@@ -66,11 +68,15 @@ class Tokenizer:
 
             try:
                 self._spm = sentencepiece.SentencePieceProcessor(model_proto=spm_bytes)
-            except Exception as exc:  # sentencepiece raises RuntimeError/OSError on bad protos
-                raise CheckpointError(f"{source or 'tokenizer'}: not a valid SentencePiece model ({exc}).") from exc
+            except Exception:  # sentencepiece raises RuntimeError/OSError on bad protos
+                raise CheckpointError(f"{source or 'tokenizer'}: not a valid SentencePiece model (spiece.model); the "
+                                      "file is corrupt or another format. Download the tokenizer again.") from None
             self.eos_id = int(self._spm.eos_id())
             self.pad_id = max(int(self._spm.pad_id()), 0)
             self.vocab_size = int(self._spm.get_piece_size())
+            if self.vocab_size < 3 or not 0 <= self.eos_id < self.vocab_size:
+                raise CheckpointError(f"{source or 'tokenizer'}: a SentencePiece model with {self.vocab_size} pieces "
+                                      "and no '</s>'; it is empty or corrupt. Download the tokenizer again.")
         elif tokenizer_json is not None:
             try:
                 from tokenizers import Tokenizer as FastTokenizer
@@ -80,8 +86,11 @@ class Tokenizer:
                     "transformers). Install it, or put the SentencePiece file spiece.model next to it.") from exc
             try:
                 self._fast = FastTokenizer.from_file(str(tokenizer_json))
-            except Exception as exc:
-                raise CheckpointError(f"{tokenizer_json}: not a valid tokenizer.json ({exc}).") from exc
+            except BaseException as exc:  # the Rust library's panics are BaseExceptions
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                raise CheckpointError(f"{tokenizer_json}: not a valid tokenizer.json (the tokenizers library cannot "
+                                      "read it); the file is corrupt or another format. Download it again.") from None
             eos, pad = self._fast.token_to_id("</s>"), self._fast.token_to_id("<pad>")
             if eos is None:
                 raise CheckpointError(f"{tokenizer_json}: has no '</s>' token; this is not a T5-family tokenizer.")
@@ -127,8 +136,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                 return load_tokenizer(p / name)
         raise CheckpointError(f"{p}: this folder has neither spiece.model nor tokenizer.json. "
                               "Point at the umT5 tokenizer folder (e.g. google/umt5-xxl/ of the official checkpoint).")
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such tokenizer file or folder.")
+    size = regular_file(p, "tokenizer file").st_size
+    if size > TOKENIZER_LIMIT:
+        raise CheckpointError(f"{p}: {size:,} bytes is too large for a tokenizer (umT5's is about 4.5 MB as "
+                              "spiece.model, 16 MB as tokenizer.json); it is not a tokenizer file.")
     if p.name.endswith(".json"):
         return Tokenizer(tokenizer_json=p, source=str(p))
     if p.name.endswith((".safetensors", ".sft")):
@@ -146,8 +157,12 @@ def find_tokenizer_near(weights: str | os.PathLike) -> Path | None:
     or the `tokenizer/` beside a diffusers pipeline's `text_encoder/` folder."""
     p = Path(weights)
     base = p if p.is_dir() else p.parent
-    for folder in (base, base / "google" / "umt5-xxl", base / "umt5-xxl", base / "tokenizer",
-                   base.parent / "google" / "umt5-xxl", base.parent / "tokenizer"):
+    # Inside the weights' own folder only; a folder's siblings google/umt5-xxl/ (the official checkpoint layout)
+    # and tokenizer/ (beside a diffusers pipeline's text_encoder/) stay inside the model folder that holds both.
+    folders = [base, base / "google" / "umt5-xxl", base / "umt5-xxl", base / "tokenizer"]
+    if p.is_dir():
+        folders += [base.parent / "google" / "umt5-xxl", base.parent / "tokenizer"]
+    for folder in folders:
         for name in TOKENIZER_FILES:
             if (folder / name).is_file():
                 return folder / name

@@ -28,7 +28,9 @@ import torch
 import torch.nn as nn
 
 from ..memory.cache import CacheKey, ModelCache, get_cache
-from ..io.checkpoint import file_identity
+from ..io.checkpoint import CheckpointError, file_identity, open_checkpoint
+from ..io.safe import regular_file, shown
+from ..memory.budget import gib
 from .pipeline import compute_dtype
 
 log = logging.getLogger("wan_core.upscale.loader")
@@ -37,8 +39,15 @@ _SOURCE = "wanmoe_file_identity"  # attribute set on descriptors read by load_up
 _KEY = "wanmoe_cache_identity"  # attribute caching a descriptor's cache identity
 
 
-class UpscaleModelError(ValueError):
+class UpscaleModelError(CheckpointError):
     """A file that is not a single-image upscale model spandrel can run."""
+
+
+SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors", ".sft")
+MAX_WEIGHT_BYTES = 2 << 30  # the largest upscalers spandrel runs are a few hundred MB
+# Integer tensors an upscale architecture keeps as buffers (index tables, BatchNorm's counter); any other integer
+# tensor would be copied into a float weight.
+_INTEGER_BUFFERS = ("num_batches_tracked", "relative_position_index", "position_ids", "_index")
 
 
 def _descriptor_from_state_dict(state_dict: dict, source: str):
@@ -48,12 +57,17 @@ def _descriptor_from_state_dict(state_dict: dict, source: str):
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
     except spandrel.UnsupportedModelError as err:
-        sample = ", ".join(list(state_dict)[:4])
+        sample = ", ".join(shown(k, 40) for k in list(state_dict)[:4])
         raise UpscaleModelError(
             f"{source}: spandrel does not recognise this file as an upscale model ({len(state_dict)} tensors, keys "
             f"like {sample}). Expected an ESRGAN / Real-ESRGAN / SRVGGNetCompact / SwinIR-family .pth or "
             f".safetensors file; put a supported model into models/upscale_models."
         ) from err
+    except Exception:  # noqa: BLE001 - a recognised architecture whose tensors do not fit it fails inside spandrel
+        raise UpscaleModelError(
+            f"{source}: its tensor names look like an upscale architecture spandrel knows, but their shapes or the "
+            "rest of the set do not fit it: the file is damaged or a variant spandrel does not support. Download "
+            "it again or use another model.") from None
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise UpscaleModelError(
             f"{source}: this is a {descriptor.architecture.name} {descriptor.purpose} model, not a single-image "
@@ -68,21 +82,25 @@ def _descriptor_from_state_dict(state_dict: dict, source: str):
 
 
 def load_upscale_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a .pth/.pt/.ckpt (restricted unpickler) or .safetensors file into a canonical state dict."""
-    import spandrel
-
+    """Read an upscale model's .pth/.pt/.ckpt (weights_only, never a pickle's code) or .safetensors (validated header)
+    through the pack's checkpoint reader, unwrapped ('params_ema', 'module.' ...) as spandrel expects."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"upscale model file {path} does not exist; put it into models/upscale_models.")
-    try:
-        return spandrel.ModelLoader().load_state_dict_from_file(path)
-    except ValueError as err:  # unknown extension
-        raise UpscaleModelError(f"{path.name}: {err} Expected .pth, .pt, .ckpt or .safetensors.") from err
-    except Exception as err:  # noqa: BLE001 - corrupt/foreign files fail in many ways inside torch/safetensors
-        raise UpscaleModelError(
-            f"{path.name}: could not be read as a model file ({type(err).__name__}: {err}). "
-            f"Expected a PyTorch .pth or .safetensors upscale model."
-        ) from err
+    if not path.name.lower().endswith(SUFFIXES):
+        raise UpscaleModelError(f"{path}: unsupported file type '{path.suffix}'. Expected .pth, .pt, .ckpt or "
+                                ".safetensors; put the model into models/upscale_models.")
+    regular_file(path, "upscale model file")
+    ckpt = open_checkpoint(path).strip_prefix(("module.", "netG."))
+    stored = ckpt.weight_bytes()
+    if stored > MAX_WEIGHT_BYTES:
+        raise UpscaleModelError(f"{path}: {len(ckpt)} tensors of {gib(stored)}; no upscale model is that large "
+                                f"(at most {gib(MAX_WEIGHT_BYTES)}). This is another kind of model.")
+    integers = [k for k, i in ckpt.infos.items() if not i.dtype.is_floating_point and not k.endswith(_INTEGER_BUFFERS)]
+    if integers:
+        dtype = str(ckpt.infos[integers[0]].dtype).removeprefix("torch.")
+        raise UpscaleModelError(f"{path}: weight {shown(integers[0])} is stored as {dtype} ({len(integers)} integer "
+                                "weights); upscale models are floating point (fp32/fp16/bf16). The file is corrupt or "
+                                "quantised in a format spandrel does not read.")
+    return {key: ckpt.get(key) for key in ckpt.keys()}
 
 
 def load_upscale_model(path: str | os.PathLike):
@@ -91,7 +109,7 @@ def load_upscale_model(path: str | os.PathLike):
     The descriptor remembers the file's identity (path, size, mtime) as read, which keys its cache entries.
     """
     identity = file_identity(path)
-    descriptor = _descriptor_from_state_dict(load_upscale_state_dict(path), Path(path).name)
+    descriptor = _descriptor_from_state_dict(load_upscale_state_dict(path), str(path))
     setattr(descriptor, _SOURCE, identity)
     return descriptor
 

@@ -7,6 +7,7 @@ content size -> optional unsharp mask -> stabiliser -> colour fix -> placed on t
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -16,16 +17,13 @@ import torch.nn.functional as F
 
 from ..config import RESAMPLES
 from ..config import UPSCALE_FITS as FITS
-from ..memory.budget import room
+from ..memory.pace import current, pacing
 from ..memory.tiling import tiled_apply
+from .cost import auto_tile_and_batch, check_memory
 from .temporal import TemporalStabilizer
 from .temporal import color_fix as match_colors
 
-# Share of free memory the tile/batch planner gives the upscaler's working set (its per-pixel estimate is rough; on
-# the CPU, im2col buffers of small convs and the allocator's fragmentation need more slack), and a CPU cap.
-UPSCALE_SHARE = {"cuda": 0.5, "cpu": 0.25}
-CPU_WORKING_CAP = 2 << 30
-
+log = logging.getLogger("wan_core.upscale")
 Fit = Literal["crop", "pad", "stretch"]
 Resample = Literal["lanczos", "bicubic", "bilinear"]
 ProgressFn = Callable[[int, int], None]
@@ -153,40 +151,6 @@ def unsharp_mask(x: torch.Tensor, amount: float, sigma: float = 1.0) -> torch.Te
     return x + amount * (x - blurred)
 
 
-# ----------------------------------------------------------------------------------------------- memory planning
-
-
-def _feature_width(model) -> int:
-    """Widest conv/linear output of the model (an activation-size proxy)."""
-    widths = [p.shape[0] for p in model.model.parameters() if p.dim() >= 2]
-    return max(widths, default=64)
-
-
-def auto_tile_and_batch(
-    model, height: int, width: int, device: torch.device | str, *, budget: int | None = None, max_batch: int | None = None
-) -> tuple[int | None, int]:
-    """(tile or None for whole frames, frames per batch) that fit the free memory of `device` (or `budget` bytes)."""
-    device = torch.device(device)
-    if budget is None:
-        budget = room(device, UPSCALE_SHARE["cuda"]) if device.type == "cuda" else \
-            min(room(device, UPSCALE_SHARE["cpu"]), CPU_WORKING_CAP)
-    if max_batch is None:
-        max_batch = 16 if device.type == "cuda" else 4
-    scale = model.scale if model is not None else 2
-    elem = 2 if device.type == "cuda" else 4
-    feat = _feature_width(model) if model is not None else 0
-    transformer = model is not None and any(k in type(model.model).__name__.lower() for k in ("swin", "former", "hat", "dat"))
-    # Bytes per input pixel: model activations (~8 live feature maps, more in upsampling layers) plus the
-    # float32 output-side buffers (model output, blend sums, resampling, stabiliser, colour fix).
-    per_px = elem * feat * (8 + 2 * scale * scale) * (4 if transformer else 1) + 4 * 3 * scale * scale * 12
-    pixels = max(1, budget // per_px)
-    frame_px = height * width
-    if pixels >= frame_px:
-        return None, int(max(1, min(max_batch, pixels // frame_px)))
-    tile = max(64, int(math.sqrt(pixels)) // 32 * 32)
-    return tile, 1
-
-
 # ----------------------------------------------------------------------------------------------- the clip
 
 
@@ -216,71 +180,104 @@ def upscale_video(
     device: torch.device | str | None = None,
     out_device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Upscale a clip [F, H, W, 3] (0..1) by `scale` or to `target` (w, h); returns [F, H', W', 3] float32.
 
     `model` is a spandrel ImageModelDescriptor (None: resampling only; `stabilize` then has nothing to do).
-    `tile`/`frame_batch` None = chosen from free memory. `progress(done_frames, total)` is called after each chunk and may raise to cancel.
+    `tile`/`frame_batch` None = chosen from free memory and the work between cancel checks. `progress(done_frames,
+    total)` is called after each chunk and may raise to cancel; `check()` runs before every model tile and chunk.
+    A request whose output or working memory cannot fit raises NotEnoughMemoryError before anything is allocated.
     """
     if frames.dim() != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected frames [F, H, W, 3] (ComfyUI IMAGE), got shape {tuple(frames.shape)}")
-    if not 0 <= stabilize <= 1:
-        raise ValueError(f"stabilize must be within 0..1, got {stabilize}")
+    _check_values(scale=scale, sharpen=sharpen, stabilize=stabilize)
     n, h, w, _ = frames.shape
     if scale is None and target is None:
         scale = float(model.scale) if model is not None else 2.0
     geo = plan_geometry(w, h, scale=scale, target=target, fit=fit)
     x0, y0, x1, y1 = geo.src_box
-    cw, ch = geo.content
-    ow, oh = geo.canvas
     device = torch.device(device) if device is not None else frames.device
     out_device = torch.device(out_device) if out_device is not None else frames.device
-
-    sh, sw = y1 - y0, x1 - x0
-    tile, overlap, batch = _chunking(model, sh, sw, device, tile=tile, overlap=overlap, frame_batch=frame_batch)
-
-    output = torch.zeros(n, oh, ow, 3, dtype=torch.float32, device=out_device)
-    # Resampling alone is linear and consistent from frame to frame: only a model's invented detail flickers.
-    stabilizer = TemporalStabilizer(stabilize) if stabilize > 0 and model is not None else None
-    cell = max(4, 4 * math.ceil(max(cw / sw, ch / sh)))
-
-    def model_or_resample(src: torch.Tensor) -> torch.Tensor:
-        if model is None:
-            return resize(src, (ch, cw), resample)
-        up = _run_model(model, src, tile, overlap)
-        return resize(up, (ch, cw), resample) if up.shape[-2:] != (ch, cw) else up
-
-    restore = None
-    if model is not None:
-        restore = (model.device, model.dtype)
-        model.to(device).to(compute_dtype(model, device))
-    try:
-        with torch.inference_mode():
-            for start in range(0, n, batch):
-                src = frames[start : start + batch, y0:y1, x0:x1].to(device, torch.float32).permute(0, 3, 1, 2)
-                up = model_or_resample(src)
-                up = unsharp_mask(up, sharpen)
-                if stabilizer is not None or color_fix:
-                    base = resize(src, (ch, cw), "bilinear")
-                    if stabilizer is not None:
-                        up = stabilizer(up, base, src)
-                    if color_fix:
-                        up = match_colors(up, base, cell=cell, target_mean=src.mean(dim=(-2, -1)))
-                up = up.clamp(0, 1).permute(0, 2, 3, 1)
-                ox, oy = geo.offset
-                output[start : start + up.shape[0], oy : oy + ch, ox : ox + cw] = up.to(out_device)
-                del src, up
-                if progress is not None:
-                    progress(min(n, start + batch), n)
-    finally:
-        if restore is not None:
-            model.to(restore[0]).to(restore[1])
+    with pacing(check=check):
+        tile, overlap, batch = _chunking(model, y1 - y0, x1 - x0, device, tile=tile, overlap=overlap,
+                                         frame_batch=frame_batch)
+        check_memory(frames=n, canvas=geo.canvas, content=geo.content, source=(x1 - x0, y1 - y0), model=model,
+                     tile=tile, batch=batch, device=device, out_device=out_device)
+        log.info("upscaling %d frame(s) %dx%d -> %dx%d on %s: %s, %d frame(s) per chunk", n, w, h, *geo.canvas, device,
+                 f"{tile}-px tiles" if tile else "whole frames", batch)
+        output = torch.zeros(n, geo.canvas[1], geo.canvas[0], 3, dtype=torch.float32, device=out_device)
+        run = _Chunk(model, geo, tile, overlap, resample, sharpen, stabilize, color_fix)
+        restore = None
+        if model is not None:
+            restore = (model.device, model.dtype)
+            model.to(device).to(compute_dtype(model, device))
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, batch):
+                    src = frames[start: start + batch, y0:y1, x0:x1].to(device, torch.float32).permute(0, 3, 1, 2)
+                    run(src, output[start: start + batch])
+                    del src
+                    if progress is not None:
+                        progress(min(n, start + batch), n)
+        finally:
+            if restore is not None:
+                model.to(restore[0]).to(restore[1])
     return output
+
+
+def _check_values(**values: float | None) -> None:
+    """Finite numbers in range for the float settings (NaN passes every comparison, so it is refused by name)."""
+    ranges = {"scale": (0.0, None), "sharpen": (0.0, None), "stabilize": (0.0, 1.0)}
+    for name, value in values.items():
+        if value is None:
+            continue
+        low, high = ranges[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (high is not None and value > high) or (name == "scale" and value == 0):
+            span = f"between {low:g} and {high:g}" if high is not None else f"a finite number above {low:g}"
+            raise ValueError(f"{name} must be {span}; got {value!r}")
+
+
+class _Chunk:
+    """One chunk of frames through model (or resampling), sharpening, stabiliser and colour fix, onto the canvas."""
+
+    def __init__(self, model, geo: Geometry, tile: int | None, overlap: int | None, resample: str, sharpen: float,
+                 stabilize: float, color_fix: bool) -> None:
+        self.model, self.geo, self.tile, self.overlap = model, geo, tile, overlap
+        self.resample, self.sharpen, self.color_fix = resample, sharpen, color_fix
+        # Resampling alone is linear and consistent from frame to frame: only a model's invented detail flickers.
+        self.stabilizer = TemporalStabilizer(stabilize) if stabilize > 0 and model is not None else None
+        x0, y0, x1, y1 = geo.src_box
+        cw, ch = geo.content
+        self.cell = max(4, 4 * math.ceil(max(cw / (x1 - x0), ch / (y1 - y0))))
+
+    def __call__(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        cw, ch = self.geo.content
+        if self.model is None:
+            up = resize(src, (ch, cw), self.resample)
+        else:
+            up = _run_model(self.model, src, self.tile, self.overlap)
+            up = resize(up, (ch, cw), self.resample) if up.shape[-2:] != (ch, cw) else up
+        current().tick()  # each full-frame stage below is one call: checked between them
+        up = unsharp_mask(up, self.sharpen)
+        if self.stabilizer is not None or self.color_fix:
+            current().tick()
+            base = resize(src, (ch, cw), "bilinear")
+            if self.stabilizer is not None:
+                up = self.stabilizer(up, base, src)
+            if self.color_fix:
+                current().tick()
+                up = match_colors(up, base, cell=self.cell, target_mean=src.mean(dim=(-2, -1)))
+        current().tick()
+        up = up.clamp(0, 1).permute(0, 2, 3, 1)
+        ox, oy = self.geo.offset
+        out[:, oy: oy + ch, ox: ox + cw] = up.to(out.device)
 
 
 def _chunking(model, height: int, width: int, device: torch.device, *, tile: int | None, overlap: int | None,
               frame_batch: int | None) -> tuple[int | None, int | None, int]:
-    """(model tile or None, tile overlap, frames per chunk): as given, else chosen from free memory."""
+    """(model tile or None, tile overlap, frames per chunk): as given, else chosen from free memory and work."""
     auto_tile, auto_batch = auto_tile_and_batch(model, height, width, device) \
         if (tile is None or frame_batch is None) else (None, 1)
     tile = tile if tile else auto_tile
@@ -297,6 +294,7 @@ def _run_model(model, src: torch.Tensor, tile: int | None, overlap: int | None) 
     """The model on a batch [B, 3, h, w]: whole frames, or tiles blended over the middle third of each overlap."""
     x = src.to(model.dtype)
     if tile is None:
+        current().tick()
         return model(x).float()
     overlap = overlap or 0
     return tiled_apply(model, x, tile=tile, overlap=overlap, margin=overlap // 3, scale=model.scale, out_dtype=torch.float32)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..memory.pace import current
+
 MAX_BLEND = 0.8  # strength 1.0 keeps this much of the warped previous detail where the warp is trusted
 
 
@@ -77,6 +79,7 @@ class TemporalStabilizer:
         h, w = src.shape[-2:]
         result = torch.empty_like(out)
         for i in range(out.shape[0]):
+            current().tick()  # the run's cancel check (memory.pace): output-size warps take a while per frame
             res = out[i : i + 1] - base[i : i + 1]
             gray = _gray(src[i], self.method)
             if self._prev_res is not None and self._prev_res.shape == res.shape:

@@ -13,7 +13,7 @@ import re
 import torch
 
 from ..config import COMPUTE_DTYPES
-from ..io.checkpoint import Checkpoint, CheckpointError, open_checkpoint
+from ..io.checkpoint import Checkpoint, CheckpointError, open_checkpoint, require_float
 from .model import LATENT_CHANNELS, WanVAE
 
 _PREFIXES = ("vae.", "first_stage_model.", "model.")
@@ -96,7 +96,8 @@ def _what_is_it(ck: Checkpoint) -> str:
 def _latent_channels(ck: Checkpoint) -> int | None:
     for key in ("conv2.weight", "post_quant_conv.weight"):
         if key in ck:
-            return ck.infos[key].shape[0]
+            shape = ck.infos[key].shape
+            return shape[0] if shape else 0
     return None
 
 
@@ -155,7 +156,11 @@ def load_vae(
             f"{ck.path}: a Wan2.1 VAE ({layout} layout) without its encoder or decoder head "
             "('encoder.conv1.weight' / 'decoder.head.0.gamma'); the file is incomplete. Download it again."
         )
-    dim = ck.infos["decoder.head.0.gamma"].shape[0]  # the base width, as ComfyUI reads it
+    gamma = ck.infos["decoder.head.0.gamma"].shape
+    dim = gamma[0] if gamma else 0  # the base width, as ComfyUI reads it
+    if not 1 <= dim <= 4096:
+        raise CheckpointError(f"{ck.path}: 'decoder.head.0.gamma' gives a base width of {dim}; a Wan2.1 VAE has 96. "
+                              "The file is corrupt or not a Wan2.1 VAE.")
     with torch.device("meta"):
         model = WanVAE(dim=dim)
     expected = model.state_dict()
@@ -167,6 +172,7 @@ def load_vae(
             f"architecture: {len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:2]}). It may be truncated or a modified model; use the official file."
         )
+    require_float(ck, list(expected), "Wan2.1 VAE")
     state: dict[str, torch.Tensor] = {}
     for key, ref in expected.items():
         shape = ck.infos[key].shape

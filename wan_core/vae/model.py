@@ -9,12 +9,14 @@ memory (and tiles large frames) is `vae/streaming.py`.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..memory.pace import banded, current, map_rows
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
@@ -68,7 +70,29 @@ class CausalConv3d(nn.Conv3d):
             front -= history.shape[2]
         if front > 0:
             x = F.pad(x, (0, 0, 0, 0, front, 0))
-        return self._conv_forward(x, self.weight, self.bias)
+        return paced_conv(self, x)
+
+
+def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """`conv(x)` (without its own time padding), in bands of output rows when the run's pace (memory.pace) says one
+    call is too long, so Cancel is seen within large frames; one call, with the conv's own padding, otherwise."""
+    h = x.dim() - 2  # the height dimension of [B, C, H, W] or [B, C, T, H, W]
+    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
+    outputs = x.shape[0] * conv.out_channels
+    for i, size in enumerate(x.shape[2:]):
+        outputs *= max(0, (size + 2 * padding[i] - kernel[i]) // stride[i] + 1)
+    work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel)
+    rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
+    pace = current()
+    if pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1)) >= rows:
+        pace.tick()
+        return conv._conv_forward(x, conv.weight, conv.bias)
+    pad = [0] * (2 * (x.dim() - 2))
+    pad[2], pad[3] = padding[-2], padding[-2]  # F.pad lists the last dimension first: (W, W, H, H, ...)
+    band_padding = (*padding[:-2], 0, padding[-1])
+    call = F.conv3d if x.dim() == 5 else F.conv2d
+    return banded(lambda band: call(band, conv.weight, conv.bias, stride, band_padding, conv.dilation, conv.groups),
+                  F.pad(x, pad), dim=h, kernel=kernel[-2], stride=stride[-2], work=work, outputs=outputs)
 
 
 def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
@@ -153,7 +177,9 @@ class AttentionBlock(nn.Module):
             h_out, w_out = q.shape[-2:]
             q = q.reshape(b * t, 1, c, h_out * w_out).transpose(2, 3).contiguous()
             x_out = x[:, :, :, ys, xs]
-        y = F.scaled_dot_product_attention(q, k, v)
+        # Queries in chunks sized by the run's pace (the same result: each query row attends to all k, v).
+        y = map_rows(lambda rows: F.scaled_dot_product_attention(rows, k, v), q, dim=2,
+                     work_per_row=4 * k.shape[0] * k.shape[2] * k.shape[3])
         y = self.proj(y.squeeze(1).transpose(1, 2).reshape(b * t, c, h_out, w_out))
         return x_out + y.reshape(b, t, c, h_out, w_out).transpose(1, 2)
 
@@ -192,7 +218,7 @@ class Resample(nn.Module):
             y = F.interpolate(y.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
         else:
             y = F.pad(y, (0, 1, 0, 1))
-        y = self.resample[1](y)
+        y = paced_conv(self.resample[1], y)
         y = y.view(b, t, *y.shape[1:]).transpose(1, 2)
         if self.mode == "downsample3d" and cache is not None:
             previous = cache.get(self)

@@ -13,7 +13,8 @@ from typing import Callable, Literal
 
 import torch
 
-from ..memory.budget import fits
+from ..memory.budget import NotEnoughMemoryError, fits, gib, room, tier_of
+from ..memory.pace import QUERY_MULTIPLE, current, pacing
 from ..memory.tiling import TileSpec, plan_tiles
 from .model import CACHE_FRAMES, SPATIAL_FACTOR, SUB_FRAMES, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
 from .shapes import latent_frames, video_frames
@@ -83,12 +84,15 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
                     t = max(1, t // 2)
             act(c, t, hw_)
     caches += CACHE_FRAMES * c * hw_  # head conv
-    attention = 4 * hw * hw  # one fp32 score matrix per frame if SDPA takes its math path
+    # One fp32 score block per frame if SDPA takes its math path: the query chunks the run's pace allows (memory.pace).
+    width = vae.decoder.conv1.out_channels if decode else vae.encoder.head[2].in_channels
+    attention = 4 * hw * current().rows(hw, 4.0 * hw * width, vae.device, QUERY_MULTIPLE)
     return batch * ((caches + 6 * largest) * _itemsize(vae) + attention)
 
 
 def _auto_tile(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, forced: bool) -> int:
-    """The largest tile (latent px) whose estimated working memory fits the device's free memory."""
+    """The largest tile (latent px) whose estimated working memory fits the device's free memory; NotEnoughMemoryError
+    (before anything is allocated) when not even the smallest does."""
     for candidate in _AUTO_TILES:
         if forced and candidate > DEFAULT_TILE:
             continue  # forced on with plenty of memory: still tile, at the default size
@@ -98,7 +102,12 @@ def _auto_tile(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool
                              + 4 * candidate * candidate * height * width)
         if fits(need, vae.device):
             return candidate
-    return _AUTO_TILES[-1]
+    what = "decoding" if decode else "encoding"
+    raise NotEnoughMemoryError(
+        f"{what} {width * SPATIAL_FACTOR}x{height * SPATIAL_FACTOR} frames (batch {batch}) needs about {gib(need)} of "
+        f"working memory on {tier_of(vae.device)} even in {_AUTO_TILES[-1] * SPATIAL_FACTOR}-px tiles, but "
+        f"{gib(room(vae.device))} is available. To fit: a smaller video size, the bf16 VAE dtype, or free memory "
+        "(Unload models).", needed=need, free=room(vae.device), device=tier_of(vae.device))
 
 
 def plan(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, tiling: Tiling,
@@ -106,17 +115,27 @@ def plan(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, tili
     """Tiles (latent px) for a run, or None for one untiled pass."""
     if tiling not in ("auto", "on", "off"):
         raise ValueError(f"tiling must be 'auto', 'on' or 'off', got {tiling!r}")
+    untiled = estimate_peak_bytes(vae, height, width, batch=batch, decode=decode)
     if tiling == "off":
+        if not fits(untiled, vae.device):
+            raise NotEnoughMemoryError(
+                f"{'decoding' if decode else 'encoding'} {width * SPATIAL_FACTOR}x{height * SPATIAL_FACTOR} frames "
+                f"untiled needs about {gib(untiled)} of working memory on {tier_of(vae.device)}, but "
+                f"{gib(room(vae.device))} is available. To fit: set tiling to auto or on.",
+                needed=untiled, free=room(vae.device), device=tier_of(vae.device))
         return None
-    if tiling == "auto" and fits(estimate_peak_bytes(vae, height, width, batch=batch, decode=decode), vae.device):
+    if tiling == "auto" and fits(untiled, vae.device):
         return None
     if tile_size is None:
         tile_size = _auto_tile(vae, height, width, batch=batch, decode=decode, forced=tiling == "on")
     if tile_size < 2:
-        raise ValueError(f"tile_size is in latent pixels (8 video px each) and must be >= 2, got {tile_size}")
+        raise ValueError(f"tile_size must be at least {2 * SPATIAL_FACTOR} px (0 = automatic), got "
+                         f"{tile_size * SPATIAL_FACTOR} px")
     overlap = max(1, tile_size // 3) if tile_overlap is None else tile_overlap
     if not 0 <= overlap <= tile_size // 2:
-        raise ValueError(f"tile_overlap must be in [0, tile_size/2] latent px, got {overlap} for tile {tile_size}")
+        px = SPATIAL_FACTOR
+        raise ValueError(f"tile_overlap must be at most half the tile: got {overlap * px} px for a {tile_size * px}-px "
+                         f"tile (at most {tile_size // 2 * px} px); lower tile_overlap or raise tile_size")
     if height <= tile_size and width <= tile_size:
         return None
     # The outer third of each overlap gets no weight (a tile's border effects live there); the blend
@@ -124,6 +143,15 @@ def plan(vae: WanVAE, height: int, width: int, *, batch: int, decode: bool, tili
     scale = SPATIAL_FACTOR if decode else 1  # decode blends at video resolution, encode at latent resolution
     return plan_tiles(height, width, tile=tile_size, overlap=overlap, scale=scale,
                       margin=(overlap - max(1, overlap // 6)) // 2)
+
+
+def _check_output(nbytes: int, device: torch.device | str, what: str) -> None:
+    """Refuse, before allocating it, an output buffer that cannot fit where it goes."""
+    if nbytes > room(device):
+        raise NotEnoughMemoryError(
+            f"the decoded video ({what}) takes {gib(nbytes)} on {tier_of(device)}, but {gib(room(device))} is "
+            "available. To fit: decode fewer frames or a smaller size, or free memory (Unload models).",
+            needed=nbytes, free=room(device), device=tier_of(device))
 
 
 def _stream(tiles: list[TileSpec] | None, steps: int, step: Callable[[TileSpec | None, int, tuple], None],
@@ -143,10 +171,11 @@ def _stream(tiles: list[TileSpec] | None, steps: int, step: Callable[[TileSpec |
 @torch.no_grad()
 def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_size: int | None = None,
            tile_overlap: int | None = None, on_frame: ProgressCallback | None = None,
-           out_device: torch.device | str = "cpu") -> torch.Tensor:
+           out_device: torch.device | str = "cpu", check: Callable[[], None] | None = None) -> torch.Tensor:
     """Normalised latent [B,16,T,h,w] -> video [B,3,1+4(T-1),8h,8w] float32 in [-1,1] (on `out_device`).
 
-    `on_frame(done, total)` is called after each step (one latent frame of one tile). `tile_size`/`tile_overlap`
+    `on_frame(done, total)` is called after each step (one latent frame of one tile); `check()` (the cancel check)
+    before every convolution band and attention chunk (memory.pace), so Cancel is seen within large frames. `tile_size`/`tile_overlap`
     are in latent px. The result is a [B,3,F,H,W] view of a channels-last [B,F,H,W,3] buffer, so
     `interop.video_to_image` needs no copy.
     """
@@ -155,6 +184,8 @@ def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_s
     b, _, t_lat, h, w = latent.shape
     tiles = plan(vae, h, w, batch=b, decode=True, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap)
     s = SPATIAL_FACTOR
+    _check_output(b * video_frames(t_lat) * h * s * w * s * 3 * 4, out_device, f"{video_frames(t_lat)} frames of "
+                  f"{w * s}x{h * s} (batch {b})")
     buffer = torch.empty(b, video_frames(t_lat), h * s, w * s, 3, dtype=torch.float32, device=out_device)
     video = buffer.permute(0, 4, 1, 2, 3)
     features = None
@@ -172,7 +203,8 @@ def decode(vae: WanVAE, latent: torch.Tensor, *, tiling: Tiling = "auto", tile_s
             frames = vae.decode_from_features(features[:, :, i: i + 1, ys, xs], caches[1])
             video[:, :, f0: f0 + frames.shape[2], out_ys, out_xs] += (frames * tile.weight.to(vae.device)).to(out_device)
 
-    _stream(tiles, t_lat, step, on_frame)
+    with pacing(check=check):
+        _stream(tiles, t_lat, step, on_frame)
     return video
 
 
@@ -196,7 +228,7 @@ def _shared_features(vae: WanVAE, latent: torch.Tensor, out_device: torch.device
 @torch.no_grad()
 def encode(vae: WanVAE, video: torch.Tensor, *, tiling: Tiling = "auto", tile_size: int | None = None,
            tile_overlap: int | None = None, on_frame: ProgressCallback | None = None,
-           out_device: torch.device | str = "cpu") -> torch.Tensor:
+           out_device: torch.device | str = "cpu", check: Callable[[], None] | None = None) -> torch.Tensor:
     """Video [B,3,4n+1,H,W] in [-1,1] -> normalised latent mean [B,16,n+1,H/8,W/8] float32.
 
     Runs chunks of 1, 4, 4, ... frames; H and W must be multiples of 8; tile args as in `decode`.
@@ -224,5 +256,6 @@ def encode(vae: WanVAE, video: torch.Tensor, *, tiling: Tiling = "auto", tile_si
         else:
             out[:, :, i: i + 1, ys, xs] += (mu * tile.weight.to(mu.device)).to(out_device)
 
-    _stream(tiles, t_lat, step, on_frame)
+    with pacing(check=check):
+        _stream(tiles, t_lat, step, on_frame)
     return out

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import wan_core.memory.budget as budget
+from wan_core.memory.budget import NotEnoughMemoryError
 from wan_core.testing.tiny import vae as tiny
 from wan_core.interop import image_to_video as comfy_image_to_video
 from wan_core.interop import video_to_image as video_to_comfy_image
@@ -64,8 +65,9 @@ def test_auto_tiling_follows_free_memory(model, monkeypatch):
     assert calls[-1] == 2 * 4  # 2x2 tiles, each through both latent frames
     assert tiled.shape == untiled.shape
     calls.clear()
-    model.decode(latent, tiling="off", on_frame=lambda d, t: calls.append(t))
-    assert calls[-1] == 2  # forced off
+    with pytest.raises(NotEnoughMemoryError, match="untiled needs about .* To fit: set tiling to auto or on"):
+        model.decode(latent, tiling="off", on_frame=lambda d, t: calls.append(t))
+    assert calls == []  # forced off where it does not fit: refused before any frame
 
 
 def test_estimate_grows_with_area_not_frames(model):

@@ -10,10 +10,12 @@ names, raise a CheckpointError that names the format found.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
+import torch
+
 from ..checkpoint import Checkpoint, CheckpointError
+from ..safe import JSON_LIMIT, json_object, parse_json, shown
 from .comfy_formats import FORMATS as COMFY_PACKED
 from .fp8 import Fp8Layout, describe_fp8
 
@@ -68,20 +70,20 @@ def layer_configs(ckpt: Checkpoint) -> dict[str, dict]:
     configs: dict[str, dict] = {}
     raw = ckpt.metadata.get("_quantization_metadata")
     if raw:
-        try:
-            layers = json.loads(raw).get("layers", {})
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise CheckpointError(f"{ckpt.path}: the _quantization_metadata header entry is not valid JSON ({exc}); "
-                                  "the file is damaged. Download it again.") from exc
-        for name, conf in layers.items():
+        what = "_quantization_metadata header entry"
+        layers = json_object(parse_json(raw.encode(), ckpt.path, what), ckpt.path, what).get("layers", {})
+        for name, conf in json_object(layers, ckpt.path, what + "'s layers").items():
             name = name[len(ckpt.prefix):] if ckpt.prefix and name.startswith(ckpt.prefix) else name
             configs[name] = conf if isinstance(conf, dict) else {"format": str(conf)}
     for key in ckpt.keys():
         if key.endswith(".comfy_quant"):
-            try:
-                configs[key[: -len(".comfy_quant")]] = json.loads(ckpt.get(key).numpy().tobytes())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise CheckpointError(f"{ckpt.path}: '{key}' is not a valid layer quantisation config ({exc}).") from exc
+            what = f"layer quantisation config {shown(key)}"
+            data = ckpt.get(key)
+            if data.dtype != torch.uint8 or data.numel() > JSON_LIMIT:
+                raise CheckpointError(f"{ckpt.path}: the {what} is a {list(data.shape)} {data.dtype} tensor; expected "
+                                      "JSON text as uint8 bytes. The file is damaged; download it again.")
+            configs[key[: -len(".comfy_quant")]] = json_object(parse_json(data.numpy().tobytes(), ckpt.path, what),
+                                                               ckpt.path, what)
     return configs
 
 
@@ -90,7 +92,7 @@ def _foreign(ckpt: Checkpoint) -> None:
         hit = next((k for k in ckpt.keys() if suffix in k), None)
         if hit:
             raise CheckpointError(
-                f"{ckpt.path}: this file is quantised with {name} (e.g. tensor '{hit}'), a format this pack cannot "
+                f"{ckpt.path}: this file is quantised with {name} (e.g. tensor {shown(hit)}), a format this pack cannot "
                 f"read. It reads ComfyUI's {', '.join(READABLE)} files and GGUF files; use one of those.")
 
 
@@ -101,7 +103,7 @@ def _unknown_format(ckpt: Checkpoint, configs: dict[str, dict]) -> None:
         if fmt not in READABLE:
             bad.setdefault(str(fmt), layer)
     if bad:
-        found = ", ".join(f"'{fmt}' (e.g. layer '{layer}')" for fmt, layer in sorted(bad.items()))
+        found = ", ".join(f"{shown(fmt)} (e.g. layer {shown(layer)})" for fmt, layer in sorted(bad.items()))
         raise CheckpointError(
             f"{ckpt.path}: this file stores layers in ComfyUI's quantisation format {found}, which this pack cannot "
             f"read. It reads {', '.join(READABLE)} and GGUF files; use one of those quantisations of the model.")
@@ -113,16 +115,19 @@ def _packed_layer(ckpt: Checkpoint, layer: str, conf: dict) -> PackedLayer:
     scales = {role: f"{layer}.{role}" for role in roles if f"{layer}.{role}" in ckpt.infos}
     missing = [role for role in roles if role not in scales]
     if missing:
-        raise CheckpointError(f"{ckpt.path}: layer '{layer}' is {fmt} but its {', '.join(missing)} tensor is missing; "
+        raise CheckpointError(f"{ckpt.path}: layer {shown(layer)} is {fmt} but its {', '.join(missing)} tensor is missing; "
                               "the file is incomplete. Download it again.")
     if f"{layer}.pre_quant_scale" in ckpt.infos:
-        raise CheckpointError(f"{ckpt.path}: layer '{layer}' is {fmt} with a pre_quant_scale (activation smoothing, "
+        raise CheckpointError(f"{ckpt.path}: layer {shown(layer)} is {fmt} with a pre_quant_scale (activation smoothing, "
                               f"AWQ-style {fmt}), which this pack cannot compute. Use a plain {fmt} or fp8 file.")
     if f"{layer}.input_scale" in ckpt.infos:
         scales["input_scale"] = f"{layer}.input_scale"  # for quantised activations only: not needed here
     params = conf.get("params") if isinstance(conf.get("params"), dict) else {}
     convrot = bool(conf.get("convrot", params.get("convrot", False)))
-    group = int(conf.get("convrot_groupsize", params.get("convrot_groupsize", 256))) if convrot else 0
+    group = conf.get("convrot_groupsize", params.get("convrot_groupsize", 256)) if convrot else 0
+    if type(group) is not int or group < 0 or (convrot and not 1 <= group <= 1 << 16):
+        raise CheckpointError(f"{ckpt.path}: layer {shown(layer)} ({fmt}) has convrot_groupsize {shown(group)}; "
+                              "expected a positive whole number (256 in ComfyUI's files). The file is damaged.")
     return PackedLayer(fmt, scales, group)
 
 
@@ -145,14 +150,12 @@ def describe_quant(ckpt: Checkpoint) -> QuantLayout:
 
 def _unlabelled(ckpt: Checkpoint, packed: dict[str, PackedLayer]) -> None:
     """Integer weights no config explains: a quantised format we cannot identify, said as such (not 'another model')."""
-    import torch
-
     for key, info in ckpt.infos.items():
         layer = key[: -len(".weight")]
         if key.endswith(".weight") and info.dtype in (torch.int8, torch.uint8) and layer not in packed:
             extras = sorted(k[len(layer) + 1:] for k in ckpt.keys() if k.startswith(layer + ".") and k != key)
             raise CheckpointError(
-                f"{ckpt.path}: layer '{layer}' stores its weight as {str(info.dtype).replace('torch.', '')} "
+                f"{ckpt.path}: layer {shown(layer)} stores its weight as {str(info.dtype).replace('torch.', '')} "
                 f"{list(info.shape)}{' with ' + ', '.join(extras) if extras else ''} but the file has no quantisation "
                 "config for it (no .comfy_quant tensor, no _quantization_metadata entry), so its format is unknown. "
                 f"This pack reads ComfyUI's {', '.join(READABLE)} files and GGUF files; use one of those.")

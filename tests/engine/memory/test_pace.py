@@ -1,0 +1,163 @@
+"""memory.pace: long calls split into chunks with the cancel check before each one, and the same results.
+
+Attention chunks are bit-identical to one call (each query row attends to the same keys with the same arithmetic
+when chunks are whole multiples of 64 rows); convolution bands are bit-identical at the tiny models' widths and
+within float32 rounding at the real VAE's widths, where oneDNN picks another kernel for a band's shape.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan_core.dit.attention import attend_in_chunks, sdpa_attention
+from wan_core.dit.model import WanDiT
+from wan_core.memory.pace import ELEMENTS_PER_CHECK, WORK_PER_CHECK, Pace, banded, current, map_rows, pacing
+from wan_core.testing.tiny.dit import TINY_DIT_CONFIG, random_state_dict
+from wan_core.vae.model import CausalConv3d
+
+
+class Counted:
+    """A cancel check that counts its calls and raises once it was called `stop_after` times."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls, self.stop_after = 0, stop_after
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise InterruptedError("cancelled")
+
+
+def test_rows_per_chunk_follow_the_budget_in_whole_multiples():
+    pace = Pace(budget=1000.0)
+    assert pace.rows(1000, 10.0, "cpu") == 100
+    assert pace.rows(1000, 10.0, "cpu", multiple=64) == 64  # rounded down to a multiple, never below one
+    assert pace.rows(1000, 1.0, "cpu", multiple=64) == 960
+    assert pace.rows(50, 1.0, "cpu", multiple=64) == 50  # never more than there is
+    assert Pace().work("cpu") == 16e9 and Pace().work("cuda") == 64e12
+
+
+def test_pacing_nests_inherits_and_restores():
+    check = Counted()
+    assert current() == Pace()
+    with pacing(check=check):
+        with pacing(budget=5.0) as inner:
+            assert inner.check is check and inner.budget == 5.0
+        assert current().budget is None
+    assert current() == Pace()
+
+
+def test_chunked_attention_is_bit_identical_and_checks_before_every_chunk():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1000, 2, 128) for _ in range(3))
+    whole = sdpa_attention(q, k, v)
+    check = Counted()
+    per_row = 4 * 2 * 1000 * 2 * 128
+    with pacing(check=check, budget=per_row * 100):
+        chunked = attend_in_chunks(sdpa_attention, q, k, v)
+    assert torch.equal(chunked, whole)
+    assert check.calls == 16  # 1000 queries in chunks of 64 (100 rounded down to a multiple of 64)
+
+
+def test_map_rows_without_a_budget_problem_is_one_call():
+    calls = []
+    x = torch.arange(12.0).reshape(3, 4)
+    out = map_rows(lambda rows: calls.append(rows.shape) or rows * 2, x, dim=1, work_per_row=1.0)
+    assert torch.equal(out, x * 2) and calls == [(3, 4)]
+
+
+def budget_for_rows(rows: int, outputs_per_row: int) -> float:
+    """A pace budget whose output-element bound (it scales with the budget) allows `rows` rows of conv outputs."""
+    return rows * outputs_per_row * WORK_PER_CHECK["cpu"] / ELEMENTS_PER_CHECK["cpu"]
+
+
+@pytest.mark.parametrize("channels", [8, 32])
+def test_conv_bands_equal_one_call_at_tiny_widths(channels):
+    torch.manual_seed(1)
+    conv = CausalConv3d(channels, channels, 3, padding=1)
+    x = torch.randn(1, channels, 3, 40, 24)
+    with torch.no_grad():
+        whole = conv(x)
+        check = Counted()
+        with pacing(check=check, budget=budget_for_rows(5, channels * 3 * 24)):
+            bands = conv(x)
+    assert torch.equal(bands, whole)
+    assert check.calls == 8  # 40 output rows in bands of 5
+
+
+def test_conv_bands_at_the_real_vae_width_are_within_float32_rounding():
+    torch.manual_seed(2)
+    conv = CausalConv3d(96, 96, 3, padding=1)
+    x = torch.randn(1, 96, 2, 48, 40)
+    with torch.no_grad():
+        whole = conv(x)
+        with pacing(budget=budget_for_rows(8, 96 * 2 * 40)):
+            bands = conv(x)
+    # Every output sees the same inputs and weights; only the summation order inside the kernel may differ.
+    assert (bands - whole).abs().max() <= 1e-5 * whole.abs().max()
+
+
+def test_banded_passes_each_band_its_halo():
+    x = torch.arange(10.0).reshape(1, 1, 10)
+    seen = []
+
+    def window_sum(band: torch.Tensor) -> torch.Tensor:
+        seen.append(band.shape[-1])
+        return band.unfold(-1, 3, 1).sum(-1)
+
+    with pacing(budget=4.0):
+        out = banded(window_sum, x, dim=2, kernel=3, stride=1, work=8.0)
+    assert torch.equal(out, x.unfold(-1, 3, 1).sum(-1)) and seen == [6, 6]  # 8 outputs: 2 bands of 4 (+2 halo)
+
+
+@pytest.fixture(scope="module")
+def dit() -> WanDiT:
+    model = WanDiT(TINY_DIT_CONFIG)
+    model.load_state_dict(random_state_dict(TINY_DIT_CONFIG, seed=3))
+    return model.eval()
+
+
+@pytest.fixture
+def attention_calls(dit, monkeypatch) -> list[int]:
+    """Query rows of each attention backend call the tiny DiT makes (the backend wrapped, not replaced)."""
+    calls: list[int] = []
+
+    def counted(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls.append(q.shape[1])
+        return sdpa_attention(q, k, v)
+
+    for block in dit.blocks:
+        monkeypatch.setattr(block.self_attn, "attend", counted)
+        monkeypatch.setattr(block.cross_attn, "attend", counted)
+    return calls
+
+
+def test_dit_forward_with_attention_in_chunks_is_bit_identical(dit, attention_calls):
+    x, t, context = torch.randn(1, 16, 2, 16, 16), torch.tensor([700.0]), torch.randn(1, 12, 4096)
+    with torch.no_grad():
+        whole = dit(x, t, context)
+        assert attention_calls == [128, 128] * 2  # one self- and one cross-attention call per block
+        attention_calls.clear()
+        check = Counted()
+        with pacing(check=check, budget=4 * 128 * 128 * 2 * 64):  # 64 queries per chunk
+            chunked = dit(x, t, context)
+    assert torch.equal(chunked, whole)
+    # 128 tokens in chunks of 64 (cross-attention to the 512 padded text tokens would fit 16, never fewer than 64):
+    # 2 self- and 2 cross-attention chunks per block, 2 blocks, each after a check
+    assert attention_calls == [64] * 8
+    assert check.calls > len(attention_calls)  # Linears and the q/k norms check too
+
+
+def test_a_cancel_inside_a_block_stops_the_forward_there(dit, attention_calls):
+    x, t, context = torch.randn(1, 16, 2, 16, 16), torch.tensor([700.0]), torch.randn(1, 12, 4096)
+    blocks_started: list[int] = []
+    count = Counted(stop_after=1)
+
+    def check() -> None:  # cancelled as soon as the first block's first attention chunk is done
+        if attention_calls:
+            count()
+
+    with torch.no_grad(), pacing(check=check, budget=4 * 128 * 128 * 2 * 64), pytest.raises(InterruptedError):
+        dit(x, t, context, before_block=blocks_started.append)
+    assert blocks_started == [0] and attention_calls == [64]  # stopped inside block 0, before its second chunk
