@@ -51,10 +51,11 @@ def _problem(widget: io.Input, value: object) -> str | None:
 def widget_problem(node: type[io.ComfyNode], values: dict) -> str | None:
     """The first problem with the widget values ComfyUI passes `node.validate_inputs`, or None when all are fine.
 
-    Linked inputs are not in `values` during validation (their producers have not run); they are not checked here.
+    Linked inputs are absent from `values` or None during validation (their producers have not run; ComfyUI passes
+    None for a linked input when validate_inputs takes **kwargs); they are not checked here.
     """
     for widget in node.define_schema().inputs:
-        if widget.id in values:
+        if values.get(widget.id) is not None:
             problem = _problem(widget, values[widget.id])
             if problem:
                 return problem
@@ -68,6 +69,7 @@ def with_value_checks(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
     checks ComfyUI would have made (it makes none once validate_inputs takes **kwargs) plus NaN/inf. Nodes whose
     validate_inputs already takes **kwargs check all their values themselves and are returned unchanged.
     """
+    _refuse_null_widgets_at_run(node)
     own = node.__dict__.get("validate_inputs")
     function = own.__func__ if isinstance(own, classmethod) else None
     if function is not None and inspect.getfullargspec(function).varkw is not None:
@@ -83,3 +85,26 @@ def with_value_checks(node: type[io.ComfyNode]) -> type[io.ComfyNode]:
 
     node.validate_inputs = classmethod(validate_inputs)
     return node
+
+
+def _refuse_null_widgets_at_run(node: type[io.ComfyNode]) -> None:
+    """`node.execute` refusing a widget whose value is still None when the node runs.
+
+    Validation cannot tell a linked input (None until its producer runs) from a prompt that sends null for a widget,
+    so a null widget is let through there and named here, before the node does anything with it.
+    """
+    own = node.__dict__.get("execute")
+    function = own.__func__ if isinstance(own, classmethod) else None
+    if function is None:
+        return
+    widgets = (io.Combo.Input, io.Boolean.Input, io.String.Input, io.Int.Input, io.Float.Input)
+
+    def execute(cls, *args, **kwargs):
+        schema = cls.define_schema()
+        for widget in schema.inputs:
+            if isinstance(widget, widgets) and widget.id in kwargs and kwargs[widget.id] is None:
+                raise ValueError(f"{schema.node_id}: {widget.id} has no value (the prompt sends null); set it on the "
+                                 "node or connect an input that gives one")
+        return function(cls, *args, **kwargs)
+
+    node.execute = classmethod(execute)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.client import PromptRejected, output_files
+from harness.client import PromptFailed, PromptRejected, output_files
 from nodes_testing import node_id_of, t2v_prompt, write_tiny_set
 
 pytestmark = pytest.mark.comfy
@@ -104,7 +104,7 @@ def test_bad_values_are_refused_at_queue_time_naming_the_input_then_a_valid_prom
     reference = latent_of(comfy_server, comfy_client.run(t2v_prompt(names, prefix="wanmoe_values/ref", latent_only=True),
                                                          timeout=300))
     counts: dict[str, int] = {}
-    accepted = []
+    accepted, nulls = [], 0
     for base in (t2v, upscale_prompt(names), post_prompt(info)):
         for node_id, name, bad in widget_cases(base, info):
             prompt = json.loads(json.dumps(base))
@@ -112,16 +112,23 @@ def test_bad_values_are_refused_at_queue_time_naming_the_input_then_a_valid_prom
             kind = base[node_id]["class_type"]
             counts[kind] = counts.get(kind, 0) + 1
             try:
-                comfy_client.queue(prompt)
+                prompt_id = comfy_client.queue(prompt)
             except PromptRejected as rejected:
                 report = rejected.node_errors.get(node_id, {})
                 text = json.dumps(report.get("errors", []))
                 assert name in text, f"{kind}.{name} = {bad!r}: the refusal does not name the input: {text[:400]}"
                 assert "Traceback" not in text
                 continue
+            if bad is None:  # validation sees a linked input as None too, so a null widget is refused when it runs
+                with pytest.raises(PromptFailed) as failed:
+                    comfy_client.wait(prompt_id, timeout=120)
+                message = failed.value.details.get("exception_message", "")
+                assert f"{kind}: {name} has no value" in message, f"{kind}.{name} = None: {message[:300]}"
+                nulls += 1
+                continue
             accepted.append(f"{kind}.{name} = {bad!r}")
     print("\nrefused at validation: " + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
-          + f" ({sum(counts.values())} values)")
+          + f" ({sum(counts.values())} values; {nulls} null widgets refused when their node ran)")
     assert accepted == []
 
     comfy_client.free(unload_models=True, free_memory=True)  # clears ComfyUI's output cache: the prompt runs again
