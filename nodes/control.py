@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 from ..wan_core.config import CONTROL_MODES, CONTROL_PADS, FRAMES

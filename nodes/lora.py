@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_api.latest import io
+from .api_version import io
 
 from ..wan_core import api
 from ..wan_core.config import NO_LORA

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 
+from ..wan_core.config import InputRefused
 from .api_version import io
 
 
@@ -103,7 +104,7 @@ def _refuse_null_widgets_at_run(node: type[io.ComfyNode]) -> None:
         schema = cls.define_schema()
         for widget in schema.inputs:
             if isinstance(widget, widgets) and widget.id in kwargs and kwargs[widget.id] is None:
-                raise ValueError(f"{schema.node_id}: {widget.id} has no value (the prompt sends null); set it on the "
+                raise InputRefused(f"{schema.node_id}: {widget.id} has no value (the prompt sends null); set it on the "
                                  "node or connect an input that gives one")
         return function(cls, *args, **kwargs)
 

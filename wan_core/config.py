@@ -95,3 +95,10 @@ def choice(name: str, value: str, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(str, options))}; got {value!r}")
     return value
+
+
+class InputRefused(ValueError):
+    """A run refused for a value the user gave (a setting or an input that cannot work), worded for the user.
+
+    Raised where a problem can only be seen when a node runs (values from linked inputs, a null widget); the test
+    harness tells these apart from bugs in ComfyUI's log."""

@@ -85,6 +85,18 @@ def pacing(check: Callable[[], None] | None = None, budget: float | None = None)
         _CURRENT.reset(token)
 
 
+@contextmanager
+def unwatched() -> Iterator[Pace]:
+    """Within the block chunked calls do not check for cancel: for calls every rank of a group must leave at the same
+    point (a multi-GPU forward stops only between blocks, where the ranks agree)."""
+    outer = _CURRENT.get()
+    token = _CURRENT.set(Pace(None, outer.budget))
+    try:
+        yield _CURRENT.get()
+    finally:
+        _CURRENT.reset(token)
+
+
 # Attention backends process queries in blocks of 32-256 rows; chunks that are whole multiples of 64 rows give
 # every query the same arithmetic as one call (bit-identical on the CPU kernels tested in tests/engine/memory).
 QUERY_MULTIPLE = 64

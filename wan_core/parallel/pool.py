@@ -29,6 +29,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ..dit.model import WanDiT
+from ..memory.pace import unwatched
 from . import spawn_entry
 from .call import BlockSync, CallMeta, RunTexts, rank0_inputs, run_call
 from .group import join, leave, make_store
@@ -182,7 +183,8 @@ class WorkerPool:
         self.last_layout, self.last_call = layout, meta
         sync = BlockSync(self.groups.device, before_block)
         try:
-            return run_call(model, meta, self.groups, sync, self.texts, inputs)
+            with unwatched():  # Cancel is agreed between blocks (BlockSync); a check inside a collective would hang
+                return run_call(model, meta, self.groups, sync, self.texts, inputs)
         except BaseException as exc:
             if sync.stopped:  # every rank left at the same block: the group is in step
                 self._confirm_stop(seq, sync.block)
@@ -223,7 +225,7 @@ class WorkerPool:
         if exc is not None:
             log.error("WanMoE multi-GPU: rank 0 during %s: %s: %s", during, type(exc).__name__, exc)
         if not found and exc is not None:  # no worker to blame: rank 0's own error is the news
-            found = [f"rank 0: {type(exc).__name__}: {_GLOO_PREFIX.sub('', str(exc).splitlines()[0])[:300]}"]
+            found = [f"rank 0: {type(exc).__name__}: {_GLOO_PREFIX.sub('', (str(exc).splitlines() or [''])[0])[:300]}"]
         self.close(broken=True)
         return WorkerFailed(f"WanMoE multi-GPU: the group of {self.world} processes failed during {during}: "
                             f"{'; '.join(found or [text for text, _ in ranks])}. The workers were stopped; the next "

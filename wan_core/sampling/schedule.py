@@ -45,7 +45,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import (BOUNDARY, GUIDE_HIGH, GUIDE_LOW, NUM_TRAIN_TIMESTEPS, SCHEDULES, SHIFT, SOLVERS, STEPS,
+from ..config import (BOUNDARY, InputRefused, GUIDE_HIGH, GUIDE_LOW, NUM_TRAIN_TIMESTEPS, SCHEDULES, SHIFT, SOLVERS, STEPS,
                       choice)
 
 # Official FlowUniPC: sigma_max is read back from a float32 tensor of 1 - 1/1000 (fm_solvers_unipc.py __init__).
@@ -176,10 +176,10 @@ def check_sigmas(sigmas: Sequence[float]) -> np.ndarray:
     if not np.all(np.isfinite(custom)) or custom.min() < 0 or custom.max() > 1:
         raise ValueError(f"sigmas must lie in [0, 1] (a flow-matching model); got {shown}")
     if np.any(np.diff(custom) >= 0):
-        raise ValueError(f"sigmas must be strictly decreasing (highest noise first); got {shown}. A FlipSigmas or "
+        raise InputRefused(f"sigmas must be strictly decreasing (highest noise first); got {shown}. A FlipSigmas or "
                          "an ascending custom list does not fit this sampler")
     if custom[-1] != 0.0:
-        raise ValueError(f"sigmas must end at 0 so the video comes out clean; they end at {custom[-1]:.4g}. Use the "
+        raise InputRefused(f"sigmas must end at 0 so the video comes out clean; they end at {custom[-1]:.4g}. Use the "
                          "low_sigmas of SplitSigmas, not high_sigmas, or a scheduler node's full output")
     return custom
 

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from ..config import VAE_STRIDE
+from ..config import VAE_STRIDE, InputRefused
 from ..requests import ContextWindows
 
 
@@ -97,12 +97,12 @@ def plan_windows(settings: ContextWindows, frames: int, prompts: int = 1) -> Win
     """The windows over a latent of `frames` frames (ValueError for users when they cannot fit)."""
     length, overlap = settings.latent_frames, settings.latent_overlap
     if length > frames:
-        raise ValueError(f"the context windows ({settings.frames} frames) are longer than the video "
+        raise InputRefused(f"the context windows ({settings.frames} frames) are longer than the video "
                          f"({pixel_frames(frames)} frames, {frames} latent frames); use windows of at most "
                          f"{pixel_frames(frames)} frames, or disconnect the windows for a video this short")
     starts = window_starts(frames, length, overlap)
     if prompts > len(starts):
-        raise ValueError(f"{prompts} prompts for {len(starts)} context window{'s' if len(starts) > 1 else ''} "
+        raise InputRefused(f"{prompts} prompts for {len(starts)} context window{'s' if len(starts) > 1 else ''} "
                          f"({pixel_frames(frames)} frames in windows of {settings.frames}, overlap {settings.overlap}); "
                          f"give at most {len(starts)} prompts, or a longer video / shorter windows")
     raw = [_raw_weights(settings.fuse, starts, length, overlap, k) for k in range(len(starts))]

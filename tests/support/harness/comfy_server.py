@@ -280,9 +280,10 @@ class ComfyServer:
 
 # The pack's deliberate stops: a node raising one of these is the designed outcome of a check (the prompt filter in
 # block mode, frame moderation in block mode, an LLM rewrite that lost the subject with on_subject_lost "error",
-# a request refused before it starts because it cannot fit in memory), worded for the user. ComfyUI prints a
+# a request refused before it starts because it cannot fit in memory, a value refused when its node runs: InputRefused),
+# worded for the user. ComfyUI prints a
 # traceback for every exception a node raises; these are not bugs.
-DELIBERATE_STOPS = re.compile(r"\.(PromptBlocked|ModerationBlocked|SubjectLost|NotEnoughMemoryError): ")
+DELIBERATE_STOPS = re.compile(r"\.(PromptBlocked|ModerationBlocked|SubjectLost|NotEnoughMemoryError|InputRefused): ")
 
 
 def pack_load_report(log: str) -> dict:
