@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # The ComfyUI- and canvas-facing tests against ComfyUI 0.8.0 with comfyui-frontend-package 1.58.1
-# (--front-end-root), in the second environment scripts/setup_comfy08.sh builds (.comfy08/): everything in
-# tests/comfy and tests/browser except tests/comfy/test_demo.py (the demo script's pure parts, no ComfyUI in them).
+# (--front-end-root), in the second environment scripts/setup_comfy08.sh builds (.comfy08/): tests/browser and
+# tests/comfy except the files whose subject is the engine behind a prompt rather than ComfyUI's API (the worker
+# pool, memory refusals and RSS, cancel inside long calls, the LoRA cache's re-use, VACE and long-video runs: the
+# same engine code either way; their ComfyUI surfaces - schema, validation, workflows, canvas, core models, core
+# LoRA and VACE parity - stay in) and test_demo.py (no ComfyUI in it). This keeps all of .ci/run inside CI's time.
 # The engine tests (tests/engine) do not touch ComfyUI and run once, in `make test`. Extra arguments go to pytest.
 # Needs the 0.8.0 source snapshot (../shared/comfyui/comfyui-0.8.0.tar.xz beside the repository, or
 # $WANMOE_COMFYUI_SNAPSHOT): without it this fails with a message, unless WANMOE_SKIP_COMFY08=1 says to skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUBSET=(tests/comfy tests/browser --ignore=tests/comfy/test_demo.py)
+SUBSET=(tests/comfy tests/browser --ignore=tests/comfy/test_demo.py --ignore=tests/comfy/test_nodes_multi_gpu.py
+        --ignore=tests/comfy/test_nodes_limits.py --ignore=tests/comfy/test_nodes_cancel_large.py
+        --ignore=tests/comfy/test_lora_server.py --ignore=tests/comfy/test_vace_server.py
+        --ignore=tests/comfy/test_nodes_longvideo.py)
 started=$(date +%s)
 if [ -n "${WANMOE_SKIP_COMFY08:-}" ]; then
   echo "[run_tests_comfy08] WANMOE_SKIP_COMFY08 is set: the ComfyUI 0.8.0 tests were skipped on purpose"
