@@ -66,8 +66,8 @@ def test_stream_footprint_of_the_real_expert():
 
 
 # --- block streaming ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_block_streaming_matches_the_resident_model_and_restores_it(prefetch):
+def streaming_case():
+    """A tiny resident DiT, its inputs, its output and each parameter's host storage, for the streaming tests."""
     torch.manual_seed(0)
     from wan_core.dit.model import WanDiT
 
@@ -76,7 +76,12 @@ def test_block_streaming_matches_the_resident_model_and_restores_it(prefetch):
     t = torch.tensor([900.0])
     with torch.no_grad():
         expected = model(x, t, context)
-    host = {name: p.data_ptr() for name, p in model.named_parameters()}
+    return model, x, context, t, expected, {name: p.data_ptr() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_block_streaming_matches_the_resident_model_and_restores_it(prefetch):
+    model, x, context, t, expected, host = streaming_case()
     streamer = BlockStreamer(model, model.blocks, "cpu", prefetch=prefetch)
     streamer.attach()
     seen = []
@@ -107,15 +112,7 @@ def test_block_streaming_matches_the_resident_model_and_restores_it(prefetch):
 
 
 def test_resident_blocks_stay_on_the_device_and_only_the_rest_are_copied():
-    torch.manual_seed(0)
-    from wan_core.dit.model import WanDiT
-
-    model = WanDiT(TINY).eval().requires_grad_(False)
-    x, context = inputs(TINY)
-    t = torch.tensor([900.0])
-    with torch.no_grad():
-        expected = model(x, t, context)
-    host = {name: p.data_ptr() for name, p in model.named_parameters()}
+    model, x, context, t, expected, host = streaming_case()
     streamer = BlockStreamer(model, model.blocks, "cpu", prefetch=False, resident=1)
     full = BlockStreamer(model, model.blocks, "cpu", prefetch=False)
     streamer.attach()
