@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^ 480p +16 tok (cfg>1 \(batch 2\)|cfg 1 \(batch 1\)): 1 rank ([\d.]+) s, 2 ranks ([\d.]+) s "
-                 r"\((\d) CFG x (\d) Ulysses\), speed-up ([\d.]+)x; .* per rank \S+ MiB \S+ MiB; max\|diff\| (\S+)$")
+                 r"\((\d) CFG x (\d) Ulysses\), speed-up ([\d.]+)x; .* per rank \S+ [MG]iB \S+ [MG]iB; max\|diff\| (\S+)$")
 
 
 def test_tiny_distributed_benchmark_prints_both_layouts():
