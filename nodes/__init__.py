@@ -38,7 +38,10 @@ class WanMoEExtension(ComfyExtension):
 async def comfy_entrypoint() -> WanMoEExtension:
     """Entry point ComfyUI calls when it loads the pack: ties the shared model cache to ComfyUI's memory manager."""
     from .comfy_bridge import connect_model_cache
+    from .queue_checks import register
 
     hooks = connect_model_cache()
-    logging.getLogger("ComfyUI-WanMoE").info("ComfyUI-WanMoE: node API comfy_api.%s; memory: %s", API_VERSION, hooks)
+    checks = "on" if register() else "off (no server)"
+    logging.getLogger("ComfyUI-WanMoE").info("ComfyUI-WanMoE: node API comfy_api.%s; memory: %s; queue-time checks of "
+                                             "linked inputs: %s", API_VERSION, hooks, checks)
     return WanMoEExtension()

@@ -12,6 +12,7 @@ from ..wan_core.config import GUIDE_HIGH, GUIDE_LOW, SCHEDULES, SHIFT, SOLVERS, 
 
 from .comfy_bridge import StepProgress, check_cancel, compute_device
 from .comfy_models import ComfyModelPair, expert_source
+from .queue_checks import refusal_in
 from .sockets import WanMoEModelType, WanMoEWindowsType
 from .values import widget_problem
 
@@ -93,7 +94,7 @@ class WanMoESampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, **values) -> bool | str:
-        return widget_problem(cls, values) or True
+        return refusal_in(values) or widget_problem(cls, values) or True
 
     @classmethod
     def execute(cls, model: api.ModelRequest | ComfyModelPair, positive: list, negative: list, latent: dict, seed: int,

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, replace
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -41,7 +42,7 @@ from .sampling.experts import ExpertSource
 from .sampling.multi_gpu import SHARD, cached_experts, parallel_experts
 from .sampling.control import EXPERT_LABELS, Control
 from .sampling.sampler import check_working_memory, sample_schedule
-from .sampling.schedule import Schedule, build_schedule, full_sigmas
+from .sampling.schedule import Schedule, build_schedule, full_sigmas, sigmas_refusal
 from .sampling.step_cache import StepCache
 from .sampling.windows import WindowPlan, plan_windows
 from .text.encoder import TextEncoder, encoder_identity, load_text_encoder
@@ -51,7 +52,7 @@ from .upscale.pipeline import upscale_video
 from .upscale.temporal import match_color
 from .vae.loader import load_vae
 from .vae.preview import latent_to_rgb
-from .vae.shapes import frames_problem, latent_shape, size_problem
+from .vae.shapes import frames_problem, latent_frames, latent_shape, size_problem
 
 __all__ = [
     "ContextWindows", "ControlFrames", "DiTConfig", "ExpertSource", "LoraRequest", "ModelRequest", "TextEncoderRequest",
@@ -60,7 +61,7 @@ __all__ = [
     "free_device_memory", "join_continuation", "latent_to_rgb", "load_upscale_model", "plan_sampling",
     "plan_windows_for", "preprocess_control", "release_models", "sample", "sample_with", "schedule_sigmas",
     "set_free_memory_callback", "size_problem", "upscale", "vace_control", "velocity_from_denoised", "velocity_of",
-    "window_problem",
+    "window_problem", "windows_refusal", "sigmas_problem", "latent_frames",
 ]
 
 log = logging.getLogger("wan_core.api")
@@ -209,6 +210,23 @@ def plan_windows_for(windows: ContextWindows, latent: dict, positive: list) -> W
     """Where the context windows fall over this LATENT, with the positive CONDITIONING's entries as prompt list."""
     frames = interop.latent_from_comfy(latent).shape[2]
     return plan_windows(windows, frames, prompts=len(positive) if positive else 1)
+
+
+def windows_refusal(windows: ContextWindows, frames: int, prompts: int = 1) -> str | None:
+    """What the sampler would refuse about these windows over `frames` latent frames and `prompts` prompts, or None:
+    for a check at queue time, before anything runs."""
+    try:
+        plan_windows(windows, frames, prompts)
+    except ValueError as refused:
+        return str(refused)
+    return None
+
+
+def sigmas_problem(sigmas: Sequence[float], source: str | None = None) -> str | None:
+    """What the sampler would refuse about these sigmas, or None; `source` names the nodes making them when `sigmas`
+    only stands in for their order and length (a check at queue time)."""
+    problem = sigmas_refusal(np.asarray([float(s) for s in sigmas], dtype=np.float64), source)
+    return None if problem is None else str(problem)
 
 
 _EXPERT_PATHS = {"high": "high_noise_path", "low": "low_noise_path"}

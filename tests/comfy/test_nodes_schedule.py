@@ -7,10 +7,12 @@ Latents come back losslessly through SaveLatent.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from safetensors.torch import load_file
 
-from harness.client import PromptFailed, output_files
+from harness.client import PromptFailed, PromptRejected, output_files
 from nodes_testing import loads_in, log_mark, log_since, node_id_of, t2v_prompt, write_tiny_set
 from wan_core.sampling.schedule import build_schedule, full_sigmas
 
@@ -86,21 +88,71 @@ def test_our_schedule_node_into_sigmas_is_the_default_run_bit_for_bit(names, com
     assert own_text[0].split(" [")[0] == plain_text[0].split(" [")[0]
 
 
-@pytest.mark.parametrize("node, output, message", [
-    ({"class_type": "SplitSigmas", "inputs": {"sigmas": ["85", 0], "step": 2}}, 0,
-     "sigmas must end at 0 so the video comes out clean; they end at 0.9"),
-    ({"class_type": "FlipSigmas", "inputs": {"sigmas": ["85", 0]}}, 0, "sigmas must be strictly decreasing"),
-])
-def test_bad_sigmas_are_a_clear_error_before_any_expert_loads(names, comfy_server, comfy_client, node, output,
-                                                              message):
+def bad_sigmas(names: dict, node: dict, output: int, maker: str) -> dict:
+    """The tiny prompt with `maker` (our WanMoESchedule, node 85, or core BasicScheduler, 82) -> `node` (86) ->
+    the sampler's sigmas."""
     prompt = base(names, "bad_sigmas")
-    prompt["85"] = {"class_type": "WanMoESchedule", "inputs": {"steps": STEPS, "shift": 12.0, "sampler": "unipc",
-                                                                "schedule": "official"}}
+    if maker == "ours":
+        prompt["85"] = {"class_type": "WanMoESchedule", "inputs": {"steps": STEPS, "shift": 12.0, "sampler": "unipc",
+                                                                    "schedule": "official"}}
+    else:
+        prompt = core_sigmas(prompt, names, {"class_type": "BasicScheduler", "inputs": {
+            "scheduler": "simple", "steps": STEPS, "denoise": 1.0}})
+    node["inputs"]["sigmas"] = ["85", 0] if maker == "ours" else ["82", 0]
     prompt["86"] = node
     prompt[node_id_of(prompt, "WanMoESampler")]["inputs"]["sigmas"] = ["86", output]
+    return prompt
+
+
+SPLIT = {"class_type": "SplitSigmas", "inputs": {"step": 2}}
+FLIP = {"class_type": "FlipSigmas", "inputs": {}}
+
+
+@pytest.mark.parametrize("node, output, maker, message", [
+    # our grid's values are known at queue time, so the message is the one the sampler gives when it starts
+    (SPLIT, 0, "ours", "sigmas must end at 0 so the video comes out clean; they end at 0.9"),
+    (FLIP, 0, "ours", "sigmas must be strictly decreasing (highest noise first); got [0.0001, "),
+    # a core scheduler's values depend on the model: its chain is named instead
+    (SPLIT, 0, "core", "sigmas must end at 0 so the video comes out clean; they end at a sigma above 0 (high_sigmas "
+                       "of SplitSigmas (node 86) of BasicScheduler (node 82))"),
+    (FLIP, 0, "core", "sigmas must be strictly decreasing (highest noise first); got FlipSigmas (node 86) of "
+                      "BasicScheduler (node 82). A FlipSigmas"),
+], ids=["high_sigmas-ours", "flip-ours", "high_sigmas-core", "flip-core"])
+def test_bad_sigmas_from_known_nodes_are_refused_at_queue_time(names, comfy_server, comfy_client, node, output,
+                                                                maker, message):
+    prompt = bad_sigmas(names, {**node, "inputs": dict(node["inputs"])}, output, maker)
+    mark = log_mark(comfy_server)
+    with pytest.raises(PromptRejected) as caught:
+        comfy_client.queue(prompt)
+    errors = caught.value.node_errors[node_id_of(prompt, "WanMoESampler")]["errors"]
+    assert any(e["details"].startswith("sigmas - ") and message in e["details"] for e in errors), errors
+    assert [name for kind, name in loads_in(log_since(comfy_server, mark)) if kind == "dit"] == []
+
+
+def test_bad_sigmas_the_queue_cannot_see_fail_when_the_sampler_starts_before_any_expert_loads(names, comfy_server,
+                                                                                              comfy_client):
+    # SplitSigmasDenoise is not followed at queue time: its high part is caught when the sampler starts
+    node = {"class_type": "SplitSigmasDenoise", "inputs": {"denoise": 0.5}}
+    prompt = bad_sigmas(names, node, 0, "ours")
     mark = log_mark(comfy_server)
     with pytest.raises(PromptFailed) as failed:
         comfy_client.run(prompt, timeout=300)
     assert failed.value.details["node_type"] == "WanMoESampler"
-    assert message in failed.value.details["exception_message"]
+    assert "sigmas must end at 0 so the video comes out clean; they end at 0.9" in failed.value.details[
+        "exception_message"]
     assert [name for kind, name in loads_in(log_since(comfy_server, mark)) if kind == "dit"] == []
+
+
+def test_absurd_values_upstream_of_the_sampler_are_left_to_validation_and_refused_at_once(names, comfy_client):
+    # the queue-time check reads values before ComfyUI validates them: it must not compute with these
+    prompt = base(names, "absurd")
+    prompt["85"] = {"class_type": "WanMoESchedule", "inputs": {"steps": 10**12, "shift": 12.0, "sampler": "unipc",
+                                                                "schedule": "official"}}
+    prompt[node_id_of(prompt, "WanMoESampler")]["inputs"]["sigmas"] = ["85", 0]
+    prompt[node_id_of(prompt, "WanMoEEmptyLatent")]["inputs"]["length"] = 10**12
+    started = time.monotonic()
+    with pytest.raises(PromptRejected) as caught:
+        comfy_client.queue(prompt)
+    assert time.monotonic() - started < 30  # a grid of 10^12 steps would not be refused in seconds
+    steps_errors = caught.value.node_errors["85"]["errors"]
+    assert any("steps" in e["details"] or "steps" in e["message"] for e in steps_errors), steps_errors

@@ -167,20 +167,32 @@ def grid_sigmas(grid: str, solver: str, steps: int, shift: float) -> np.ndarray:
     return shift_sigmas(base_grid("unipc" if grid == "unipc_grid" else "dpm++", steps), shift)
 
 
+def sigmas_refusal(custom: np.ndarray, source: str | None = None) -> ValueError | None:
+    """Why these sigmas cannot drive the sampler, or None. With `source` (a description of the nodes that make them,
+    for a check before they exist: `custom` then only stands in for their order and length) it is named in place of
+    their values."""
+    if custom.ndim != 1 or len(custom) < 2:
+        return ValueError(f"sigmas need at least two values (start and end sigma of one step); got {custom.size}"
+                          + (f" from {source}" if source else ""))
+    got = source or str([round(float(v), 4) for v in custom[:8]] + (["..."] if len(custom) > 8 else []))
+    if source is None and (not np.all(np.isfinite(custom)) or custom.min() < 0 or custom.max() > 1):
+        return ValueError(f"sigmas must lie in [0, 1] (a flow-matching model); got {got}")
+    if np.any(np.diff(custom) >= 0):
+        return InputRefused(f"sigmas must be strictly decreasing (highest noise first); got {got}. A FlipSigmas or "
+                            "an ascending custom list does not fit this sampler")
+    if custom[-1] != 0.0:
+        end = f"{custom[-1]:.4g}" if source is None else f"a sigma above 0 ({source})"
+        return InputRefused(f"sigmas must end at 0 so the video comes out clean; they end at {end}. Use the "
+                            "low_sigmas of SplitSigmas, not high_sigmas, or a scheduler node's full output")
+    return None
+
+
 def check_sigmas(sigmas: Sequence[float]) -> np.ndarray:
     """Custom sigmas as float64 after the checks ComfyUI's SIGMAS must pass here (a ValueError for users)."""
     custom = np.asarray([float(s) for s in sigmas], dtype=np.float64)
-    if custom.ndim != 1 or len(custom) < 2:
-        raise ValueError(f"sigmas need at least two values (start and end sigma of one step); got {len(custom)}")
-    shown = [round(float(v), 4) for v in custom[:8]] + (["..."] if len(custom) > 8 else [])
-    if not np.all(np.isfinite(custom)) or custom.min() < 0 or custom.max() > 1:
-        raise ValueError(f"sigmas must lie in [0, 1] (a flow-matching model); got {shown}")
-    if np.any(np.diff(custom) >= 0):
-        raise InputRefused(f"sigmas must be strictly decreasing (highest noise first); got {shown}. A FlipSigmas or "
-                         "an ascending custom list does not fit this sampler")
-    if custom[-1] != 0.0:
-        raise InputRefused(f"sigmas must end at 0 so the video comes out clean; they end at {custom[-1]:.4g}. Use the "
-                         "low_sigmas of SplitSigmas, not high_sigmas, or a scheduler node's full output")
+    problem = sigmas_refusal(custom)
+    if problem is not None:
+        raise problem
     return custom
 
 
