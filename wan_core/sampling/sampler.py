@@ -111,6 +111,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
         return latent.detach().to("cpu", torch.float32).clone()
     x = _start(schedule, noise, latent).to(device)
     kept = KeptRegion(mask, latent, noise, device) if mask is not None else None
+    noise = None  # x (or `kept`) holds what is still needed: one latent-sized buffer fewer for the whole run
     velocity_at = _denoiser(prompts, uncond, plan, cfg_batch, device, check_cancel, step_cache)
     solver = make_solver(schedule.solver, schedule.sigmas)
     used: dict[int, torch.nn.Module] = {}  # experts that ran: their kept text keys/values go at the end of the run
