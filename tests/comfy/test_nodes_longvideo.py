@@ -109,6 +109,20 @@ def test_more_prompts_than_windows_are_refused_at_queue_time(names, comfy_client
                             "at most 2 prompts") for d in sampler_errors(caught, prompt))
 
 
+def test_a_combined_prompt_list_longer_than_the_windows_is_refused_at_queue_time(names, comfy_client):
+    prompt = windowed(names, "combined")
+    text = node_id_of(prompt, "WanMoETextEncode")
+    prompt["73"] = {**prompt[text], "inputs": {**prompt[text]["inputs"], "positive": "a fox by the sea"}}
+    prompt["74"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["73", 0],
+                                                                    "conditioning_2": [text, 0]}}
+    prompt["75"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["74", 0],
+                                                                    "conditioning_2": [text, 0]}}
+    prompt[node_id_of(prompt, "WanMoESampler")]["inputs"]["positive"] = ["75", 0]  # 3 entries, 2 windows
+    with pytest.raises(PromptRejected) as caught:
+        comfy_client.queue(prompt)
+    assert any(d.startswith("windows - 3 prompts for 2 context windows") for d in sampler_errors(caught, prompt))
+
+
 def test_empty_prompt_travel_is_rejected_at_queue_time(names, comfy_client):
     with pytest.raises(PromptRejected) as caught:
         comfy_client.queue(travel(windowed(names, "empty"), ["", "  "]))

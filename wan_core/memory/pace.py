@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 # Floating-point operations between two checks: ~0.1 s on a 2-core AVX-512 CPU (measured ~150 GFLOP/s for fp32
 # attention), well under 0.1 s on a current GPU, so normal runs split large calls into a few pieces only.
 WORK_PER_CHECK = {"cpu": 16e9, "cuda": 64e12}
 OTHER_DEVICE_WORK = 4e12
-# Output elements between two checks for memory-bound calls (convolutions with few channels run at a few million
-# outputs per second on a loaded 2-core CPU, far below their flop rate).
-ELEMENTS_PER_CHECK = {"cpu": 1e6, "cuda": 4e9}
+# Output elements between two checks for memory-bound calls (convolutions with few channels). On the CPU 4e6 is
+# 0.1-0.3 s on an idle 2-core machine (the VAE's 96-channel convs write ~30M outputs/s through oneDNN) and stays
+# under a second loaded; 1e6 cut the VAE's convs into so many bands that its decode took 1.6x longer and 30% more
+# memory (2026-12-02, bench.speed_cpu's VAE rows: oneDNN re-prepares its weights for every band).
+ELEMENTS_PER_CHECK = {"cpu": 4e6, "cuda": 4e9}
 OTHER_DEVICE_ELEMENTS = 2e8
 
 
@@ -109,22 +112,22 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim
     pace = pace or current()
     total = x.shape[dim]
     rows = pace.rows(total, work_per_row, x.device, multiple)
-    return _in_chunks(fn, x, dim, total, rows, pace, lambda start, count: (start, count))
+    spans = [(start, min(rows, total - start)) for start in range(0, total, rows)]
+    return _in_chunks(fn, dim, total, spans, pace, lambda start, count: x.narrow(dim, start, count))
 
 
-def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim: int, total: int, rows: int,
-               pace: Pace, window: Callable[[int, int], tuple[int, int]]) -> torch.Tensor:
-    """`fn` over chunks of `rows` of the `total` output rows along `dim`, each from the input rows `window(start,
-    count)` gives (start, length), with the cancel check before each chunk; one call when one chunk holds them all."""
+def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], dim: int, total: int, spans: list[tuple[int, int]],
+               pace: Pace, take: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """`fn` over the chunks (start, count) of the `total` output rows along `dim`, each from the input
+    `take(start, count)` gives, with the cancel check before each chunk; one call when one chunk holds them all."""
     pace.tick()
-    if rows >= total:
-        return fn(x)
+    if len(spans) == 1:
+        return fn(take(0, total))
     out = None
-    for start in range(0, total, rows):
+    for start, count in spans:
         if start:
             pace.tick()
-        count = min(rows, total - start)
-        part = fn(x.narrow(dim, *window(start, count)))
+        part = fn(take(start, count))
         if out is None:
             out = part.new_empty(part.shape[:dim] + (total,) + part.shape[dim + 1:])
         out.narrow(dim, start, count).copy_(part)
@@ -132,14 +135,34 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, dim:
 
 
 def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: int, kernel: int, stride: int,
-           work: float, outputs: float = 0.0, pace: Pace | None = None) -> torch.Tensor:
-    """`fn(x)` for a convolution along `dim` (no padding there: `kernel`, `stride`), computed in bands of output
-    rows, each from its input rows plus the kernel's halo, with the cancel check before each band. `work` is the
-    whole call's floating-point operations, `outputs` its output elements (both bound a band).
+           work: float, outputs: float = 0.0, padding: int = 0, least: int = 1,
+           pace: Pace | None = None) -> torch.Tensor:
+    """`fn(x)` for a convolution along `dim` (`kernel`, `stride`, and `padding` zeros on both sides there, which
+    `fn` must not add itself), computed in bands of output rows, each from its input rows plus the kernel's halo,
+    with the cancel check before each band. `work` is the whole call's floating-point operations, `outputs` its
+    output elements (both bound a band, which may be up to twice that so that bands are even); a band has at least
+    `least` rows. Only a band at an edge is padded (a copy
+    of that band, never of `x`).
 
     Every output row sees exactly the inputs it sees in one call; the bands only change how the backend blocks the
     work (bit-identical for most shapes, within float rounding where the backend picks another algorithm)."""
     pace = pace or current()
-    total = (x.shape[dim] - kernel) // stride + 1
-    rows = pace.rows(total, work / max(total, 1), x.device, elements_per_row=outputs / max(total, 1))
-    return _in_chunks(fn, x, dim, total, rows, pace, lambda start, count: (start * stride, (count - 1) * stride + kernel))
+    size = x.shape[dim]
+    total = (size + 2 * padding - kernel) // stride + 1
+    rows = max(min(least, total), pace.rows(total, work / max(total, 1), x.device,
+                                            elements_per_row=outputs / max(total, 1)))
+
+    def take(start: int, count: int) -> torch.Tensor:
+        lo = start * stride - padding
+        hi = lo + (count - 1) * stride + kernel
+        band = x.narrow(dim, max(lo, 0), min(hi, size) - max(lo, 0))
+        before, after = max(0, -lo), max(0, hi - size)
+        if before or after:
+            return F.pad(band, [0, 0] * (x.dim() - 1 - dim) + [before, after])
+        # A band of rows is a strided view; CPU convolutions take a slow path on it (3x slower measured for the
+        # VAE's 96-channel convs), so each band is copied to contiguous memory first (a band, not the input).
+        return band.contiguous()
+
+    count = max(1, total // rows)  # bands of at least `rows`, spread evenly (no thin last band)
+    spans = [(k * total // count, (k + 1) * total // count - k * total // count) for k in range(count)]
+    return _in_chunks(fn, dim, total, spans, pace, take)
