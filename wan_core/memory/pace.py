@@ -135,13 +135,11 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], dim: int, total: int,
 
 
 def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: int, kernel: int, stride: int,
-           work: float, outputs: float = 0.0, padding: int = 0, least: int = 1,
-           pace: Pace | None = None) -> torch.Tensor:
+           work: float, outputs: float = 0.0, padding: int = 0, pace: Pace | None = None) -> torch.Tensor:
     """`fn(x)` for a convolution along `dim` (`kernel`, `stride`, and `padding` zeros on both sides there, which
     `fn` must not add itself), computed in bands of output rows, each from its input rows plus the kernel's halo,
     with the cancel check before each band. `work` is the whole call's floating-point operations, `outputs` its
-    output elements (both bound a band, which may be up to twice that so that bands are even); a band has at least
-    `least` rows. Only a band at an edge is padded (a copy
+    output elements (both bound a band, which may be up to twice that so that bands are even). Only a band at an edge is padded (a copy
     of that band, never of `x`).
 
     Every output row sees exactly the inputs it sees in one call; the bands only change how the backend blocks the
@@ -149,8 +147,7 @@ def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: 
     pace = pace or current()
     size = x.shape[dim]
     total = (size + 2 * padding - kernel) // stride + 1
-    rows = max(min(least, total), pace.rows(total, work / max(total, 1), x.device,
-                                            elements_per_row=outputs / max(total, 1)))
+    rows = pace.rows(total, work / max(total, 1), x.device, elements_per_row=outputs / max(total, 1))
 
     def take(start: int, count: int) -> torch.Tensor:
         lo = start * stride - padding

@@ -73,7 +73,19 @@ class CausalConv3d(nn.Conv3d):
         return paced_conv(self, x)
 
 
-ONEDNN_MIN_NCTH = 20480
+# ATen sends a 5-D float32 CPU convolution to oneDNN only when N * C * T * H > 20480 (ConvParams::use_mkldnn) and to
+# its native kernel otherwise, measured 3.5-4x slower for the VAE's 96-channel convs on a band, a small tile or one
+# frame; calling oneDNN directly gives every such conv the fast kernel (bit-identical where ATen picks it itself).
+_ONEDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()
+
+
+def _conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
+    """conv's convolution of x with this zero padding (its own stride, dilation, groups)."""
+    if _ONEDNN and x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == x.dtype:
+        return torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, padding, conv.stride, conv.dilation,
+                                        conv.groups)
+    call = F.conv3d if x.dim() == 5 else F.conv2d
+    return call(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
 def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -87,21 +99,12 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
     work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel)
     rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
     pace = current()
-    band = pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1))
-    if band >= rows:
+    if pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1)) >= rows:
         pace.tick()
-        return conv._conv_forward(x, conv.weight, conv.bias)
+        return _conv(conv, x, padding)
     band_padding = (*padding[:-2], 0, padding[-1])  # the rows' zero padding is the bands' (banded pads edge bands)
-    call = F.conv3d if x.dim() == 5 else F.conv2d
-    if x.dim() == 5 and x.device.type == "cpu":
-        # ATen runs a 5-D CPU convolution through oneDNN only when N * C * T * H > 20480 (ConvParams::use_mkldnn);
-        # thinner bands fall to its native kernel, measured 3.5x slower for the VAE's 96-channel convs. So a band
-        # is widened to that when at most 3x the budget's rows: it then takes no longer than the thin band.
-        fast = -(-(ONEDNN_MIN_NCTH + 1) // (x.shape[0] * x.shape[1] * x.shape[2])) - (kernel[-2] - 1)
-        band = fast if band < fast <= 3 * band else band
-    return banded(lambda part: call(part, conv.weight, conv.bias, stride, band_padding, conv.dilation, conv.groups),
-                  x, dim=h, kernel=kernel[-2], stride=stride[-2], work=work, outputs=outputs, padding=padding[-2],
-                  least=band)
+    return banded(lambda band: _conv(conv, band, band_padding), x, dim=h, kernel=kernel[-2], stride=stride[-2],
+                  work=work, outputs=outputs, padding=padding[-2])
 
 
 def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
