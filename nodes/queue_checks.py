@@ -28,6 +28,7 @@ PROMPT_ENCODERS = ("WanMoETextEncode", "CLIPTextEncode")  # one CONDITIONING ent
 # ddim_uniform's rounding), so only their order is known there.
 SCHEDULERS = ("BasicScheduler", "BetaSamplingScheduler")
 MERGING = ("beta", "ddim_uniform")
+MAX_DEPTH = 32  # links followed upstream of a sampler (a prompt may hold cycles until validation refuses them)
 MOST = 10_000  # above any frame, step or window count a node allows: larger values are left to validation
 
 
@@ -64,6 +65,11 @@ class _Graph:
         node = self.prompt.get(str(value[0]))
         return (str(value[0]), node, value[1]) if isinstance(node, dict) else None
 
+    def producer(self, value: Any, depth: int) -> tuple[str, dict, int, str] | None:
+        """(id, node, output index, class_type) of the node a link points to, within MAX_DEPTH links of the sampler."""
+        found = self.source(value) if depth <= MAX_DEPTH else None
+        return None if found is None else (*found, found[1].get("class_type"))
+
     def widgets(self, node: dict, *names: str) -> tuple | None:
         """These widget values of a node, or None when any of them is linked or missing."""
         inputs = node.get("inputs", {})
@@ -72,11 +78,10 @@ class _Graph:
 
     def latent_frames(self, value: Any, depth: int = 0) -> int | None:
         """Latent frames of a linked LATENT, when its producer says them."""
-        found = self.source(value)
-        if found is None or depth > 32:
+        found = self.producer(value, depth)
+        if found is None:
             return None
-        _, node, _ = found
-        kind = node.get("class_type")
+        _, node, _, kind = found
         if kind in LATENT_PASSTHROUGH:
             return self.latent_frames(node.get("inputs", {}).get(LATENT_PASSTHROUGH[kind]), depth + 1)
         length = self.widgets(node, "length") if kind in LENGTH_LATENTS else None
@@ -102,11 +107,10 @@ class _Graph:
 
     def prompt_count(self, value: Any, depth: int = 0) -> int | None:
         """CONDITIONING entries of a linked positive (prompt travel: one per prompt line)."""
-        found = self.source(value)
-        if found is None or depth > 32:
+        found = self.producer(value, depth)
+        if found is None:
             return None
-        _, node, _ = found
-        kind = node.get("class_type")
+        _, node, _, kind = found
         if kind in PROMPT_ENCODERS:
             return 1
         if kind == "WanMoEPromptTravel":
@@ -120,11 +124,11 @@ class _Graph:
 
     def sigmas(self, value: Any, depth: int = 0) -> StaticSigmas | None:
         """Linked SIGMAS, through our schedule node, core schedulers and core FlipSigmas / SplitSigmas."""
-        found = self.source(value)
-        if found is None or depth > 32:
+        found = self.producer(value, depth)
+        if found is None:
             return None
-        node_id, node, output = found
-        kind, inputs = node.get("class_type"), node.get("inputs", {})
+        node_id, node, output, kind = found
+        inputs = node.get("inputs", {})
         named = f"{kind} (node {node_id})"
         if kind == "WanMoESchedule":
             settings = self.widgets(node, "steps", "shift", "sampler", "schedule")
