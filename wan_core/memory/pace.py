@@ -23,11 +23,10 @@ import torch.nn.functional as F
 # attention), well under 0.1 s on a current GPU, so normal runs split large calls into a few pieces only.
 WORK_PER_CHECK = {"cpu": 16e9, "cuda": 64e12}
 OTHER_DEVICE_WORK = 4e12
-# Output elements between two checks for memory-bound calls (convolutions with few channels). On the CPU 4e6 is
-# 0.1-0.3 s on an idle 2-core machine (the VAE's 96-channel convs write ~30M outputs/s through oneDNN) and stays
-# under a second loaded; 1e6 cut the VAE's convs into so many bands that its decode took 1.6x longer and 30% more
-# memory (2026-12-02, bench.speed_cpu's VAE rows: oneDNN re-prepares its weights for every band).
-ELEMENTS_PER_CHECK = {"cpu": 4e6, "cuda": 4e9}
+# Output elements between two checks for memory-bound calls (convolutions with few channels run at a few million
+# outputs per second on a loaded 2-core CPU, far below their flop rate). With the VAE's convs on oneDNN (see
+# vae/model.py _conv) 1e6 and 4e6 decode equally fast (9.1 / 9.9 s, bench.speed_cpu's 5-frame row, 2026-12-02).
+ELEMENTS_PER_CHECK = {"cpu": 1e6, "cuda": 4e9}
 OTHER_DEVICE_ELEMENTS = 2e8
 
 
@@ -139,8 +138,8 @@ def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: 
     """`fn(x)` for a convolution along `dim` (`kernel`, `stride`, and `padding` zeros on both sides there, which
     `fn` must not add itself), computed in bands of output rows, each from its input rows plus the kernel's halo,
     with the cancel check before each band. `work` is the whole call's floating-point operations, `outputs` its
-    output elements (both bound a band, which may be up to twice that so that bands are even). Only a band at an edge is padded (a copy
-    of that band, never of `x`).
+    output elements (both bound a band, which may be up to twice that so that bands are even). Only a band at an
+    edge is padded (a copy of that band, never of `x`).
 
     Every output row sees exactly the inputs it sees in one call; the bands only change how the backend blocks the
     work (bit-identical for most shapes, within float rounding where the backend picks another algorithm)."""
@@ -156,9 +155,7 @@ def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: 
         before, after = max(0, -lo), max(0, hi - size)
         if before or after:
             return F.pad(band, [0, 0] * (x.dim() - 1 - dim) + [before, after])
-        # A band of rows is a strided view; CPU convolutions take a slow path on it (3x slower measured for the
-        # VAE's 96-channel convs), so each band is copied to contiguous memory first (a band, not the input).
-        return band.contiguous()
+        return band
 
     count = max(1, total // rows)  # bands of at least `rows`, spread evenly (no thin last band)
     spans = [(k * total // count, (k + 1) * total // count - k * total // count) for k in range(count)]
