@@ -18,6 +18,8 @@ from typing import Any
 
 from ..wan_core import api
 
+from .text import prompt_lines
+
 log = logging.getLogger("ComfyUI-WanMoE")
 SAMPLER = "WanMoESampler"
 # LATENT producers whose frame count is their `length` widget (4n+1 pixel frames).
@@ -115,7 +117,7 @@ class _Graph:
             return 1
         if kind == "WanMoEPromptTravel":
             text = self.widgets(node, "prompts")
-            return len([line for line in str(text[0]).splitlines() if line.strip()]) if text else None
+            return len(prompt_lines(str(text[0]))) if text else None
         if kind == "ConditioningCombine":
             parts = [self.prompt_count(node.get("inputs", {}).get(k), depth + 1) for k in ("conditioning_1",
                                                                                            "conditioning_2")]

@@ -54,7 +54,8 @@ class WanMoETextEncode(io.ComfyNode):
         return io.NodeOutput(result.positive, result.negative)
 
 
-def _prompt_lines(prompts: str) -> list[str]:
+def prompt_lines(prompts: str) -> list[str]:
+    """The prompts of a prompt-travel text: one per non-blank line, stripped."""
     return [line.strip() for line in prompts.splitlines() if line.strip()]
 
 
@@ -83,11 +84,11 @@ class WanMoEPromptTravel(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, prompts: str) -> bool | str:
-        return True if _prompt_lines(prompts) else "prompts is empty: write one prompt per line"
+        return True if prompt_lines(prompts) else "prompts is empty: write one prompt per line"
 
     @classmethod
     def execute(cls, text_encoder: api.TextEncoderRequest, prompts: str, negative: str) -> io.NodeOutput:
-        result = api.encode_prompts(text_encoder, _prompt_lines(prompts), negative, compute_device=compute_device())
+        result = api.encode_prompts(text_encoder, prompt_lines(prompts), negative, compute_device=compute_device())
         if any(result.dropped):
             log.warning("WanMoEPromptTravel: a prompt is longer than 512 tokens; tokens beyond were dropped")
         return io.NodeOutput(result.positive, result.negative)
