@@ -27,10 +27,20 @@ class KeptRegion:
         """x with its kept part replaced by the input latent at noise level `sigma`."""
         return x * self.mask + (sigma * self.noise + (1.0 - sigma) * self.latent) * self.keep
 
-    def velocity(self, velocity: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The velocity whose clean estimate x - sigma * v is the input latent on the kept part."""
-        return velocity * self.mask + (x - self.latent) * (self.keep / sigma)
+    def velocity(self, velocity: torch.Tensor, x: torch.Tensor, sigma: float, lo: int = 0,
+                 hi: int | None = None) -> torch.Tensor:
+        """The velocity whose clean estimate x - sigma * v is the input latent on the kept part (velocity and x of
+        latent frames [lo, hi), all of them by default)."""
+        mask, keep, latent = (_frames(t, lo, hi) for t in (self.mask, self.keep, self.latent))
+        return velocity * mask + (x - latent) * (keep / sigma)
 
     def final(self, x: torch.Tensor) -> torch.Tensor:
         """The finished latent: the input latent exactly where kept."""
         return x * self.mask + self.latent * self.keep
+
+
+def _frames(tensor: torch.Tensor, lo: int, hi: int | None) -> torch.Tensor:
+    """Latent frames [lo, hi) of `tensor` (a mask broadcast over the frames has one: it serves them all)."""
+    if tensor.shape[2] == 1 or (lo == 0 and hi is None):
+        return tensor
+    return tensor.narrow(2, lo, (tensor.shape[2] if hi is None else hi) - lo)

@@ -11,8 +11,9 @@ Differences that are choices, not accidents:
   * guidance 1.0 skips the unconditional pass for that expert;
   * VACE control (sampling.control) reaches each expert call only at the steps its streams apply at.
 Beyond the official loop: context windows for videos longer than the model's window (windows.py: every expert
-call per window, velocities blended), prompt lists over those windows, and kept regions (masking.py: ComfyUI's
-noise_mask, how a clip is continued from its last frames).
+call per window, velocities blended, each frame range stepped in place once its last window ran), prompt lists
+over those windows, and kept regions (masking.py: ComfyUI's noise_mask, how a clip is continued from its last
+frames).
 Latents are the normalised latents the DiT sees: [B, 16, T, H, W] float32.
 """
 
@@ -35,9 +36,10 @@ from .masking import KeptRegion
 from .schedule import Schedule, build_schedule
 from .solvers import make_solver
 from .step_cache import StepCache
-from .windows import Window, WindowPlan, blend, plan_windows
+from .windows import FrameRange, Window, WindowPlan, plan_windows, stream
 
-StepCallback = Callable[[int, int, str, torch.Tensor], None]  # (step, timestep, expert, x0 estimate)
+# (step, timestep, expert, x0 estimate); the estimate may be the solver's own history: read it during the call
+StepCallback = Callable[[int, int, str, torch.Tensor], None]
 
 
 def make_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
@@ -109,7 +111,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
         if latent is None:
             raise ValueError("denoise keeps no step, so there is nothing to sample without an input latent")
         return latent.detach().to("cpu", torch.float32).clone()
-    x = _start(schedule, noise, latent).to(device)
+    x = _start(schedule, noise, latent, device)
     kept = KeptRegion(mask, latent, noise, device) if mask is not None else None
     noise = None  # x (or `kept`) holds what is still needed: one latent-sized buffer fewer for the whole run
     velocity_at = _denoiser(prompts, uncond, plan, cfg_batch, device, check_cancel, step_cache)
@@ -123,7 +125,7 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     check_cancel()
                 sigma = schedule.sigmas[i]
                 if kept is not None:
-                    x = kept.noised(x, sigma)
+                    x.copy_(kept.noised(x, sigma))
                 model = experts.expert(name)
                 if used and model is not previous:  # the switch: the last expert's kept text keys/values go now
                     getattr(previous, "forget_text", lambda: None)()
@@ -132,12 +134,22 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     step_cache.begin_step(i, name)
                 # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
                 timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
-                velocity = velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which))
-                if kept is not None:
-                    velocity = kept.velocity(velocity, x, sigma)
+                preview = torch.empty_like(x) if callback is not None else None
+                solver.begin(i, x)
+
+                def finish(lo: int, hi: int, velocity: torch.Tensor, i: int = i, sigma: float = sigma,
+                           preview: torch.Tensor | None = preview) -> None:
+                    """Frames [lo, hi) have their velocity: step them in place (x's other frames stay as they are)."""
+                    if kept is not None:
+                        velocity = kept.velocity(velocity, x.narrow(2, lo, hi - lo), sigma, lo, hi)
+                    if preview is not None:
+                        preview.narrow(2, lo, hi - lo).copy_(solver.x0(velocity, x.narrow(2, lo, hi - lo), i))
+                    solver.frames(velocity, x, lo, hi)
+
+                velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which), finish)
                 if callback is not None:
-                    callback(i, t, name, solver.x0(velocity, x, i))
-                x = solver.step(velocity, x, i)
+                    callback(i, t, name, preview if preview is not None else solver.estimate())
+                del preview
             if kept is not None:
                 x = kept.final(x)
     finally:
@@ -159,24 +171,27 @@ def _bind_control(control: Control | None, plan: WindowPlan | None, schedule: Sc
     return control.bind(schedule, shape[0], device)
 
 
-def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None) -> torch.Tensor:
-    """The first x: pure noise (the official start), or the input latent noised to the first sigma."""
+def _start(schedule: Schedule, noise: torch.Tensor, latent: torch.Tensor | None,
+           device: torch.device) -> torch.Tensor:
+    """The first x, the sampler's own tensor (it is stepped in place): pure noise (the official start), or the input
+    latent noised to the first sigma."""
     if schedule.from_noise:
-        return noise.to(torch.float32)
+        return noise.to(device, torch.float32, copy=True)
     if latent is None:
         raise ValueError(f"denoise {schedule.denoise:g} < 1 (or sigmas starting below the top) needs an input "
                          "latent to start from")
     sigma0 = schedule.sigmas[0]
-    return sigma0 * noise.to(torch.float32) + (1.0 - sigma0) * latent.detach().to("cpu", torch.float32)
+    return (sigma0 * noise.to(torch.float32) + (1.0 - sigma0) * latent.detach().to("cpu", torch.float32)).to(device)
 
 
-Denoiser = Callable[[torch.nn.Module, str, torch.Tensor, torch.Tensor, float, Callable[[str], dict]], torch.Tensor]
+Denoiser = Callable[[torch.nn.Module, str, torch.Tensor, torch.Tensor, float, Callable[[str], dict], FrameRange], None]
 
 
 def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | None, plan: WindowPlan | None,
               cfg_batch: str, device: torch.device, check_cancel: Callable[[], None] | None,
               step_cache: StepCache | None) -> Denoiser:
-    """(expert, its name, x, timestep, guidance, vace) -> guided velocity of the whole latent, per window when `plan`;
+    """(expert, its name, x, timestep, guidance, vace, finish): the guided velocity of the whole latent handed to
+    `finish(lo, hi, v)` frame range by frame range (once, all frames, without `plan`; per window, streamed, with it);
     vace(which) gives the `control` argument of the "cond", "uncond" or "both" call.
 
     The step cache runs only without windows: it keeps a residual per pass, which with windows would be one per
@@ -187,7 +202,7 @@ def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | No
     cached = step_cache is not None and plan is None
 
     def velocity_at(model: torch.nn.Module, name: str, x: torch.Tensor, timestep: torch.Tensor,
-                    guidance: float, vace: Callable[[str], dict]) -> torch.Tensor:
+                    guidance: float, vace: Callable[[str], dict], finish: FrameRange) -> None:
         call = partial(step_cache, model) if cached else model
 
         def run(window: Window | None, xs: torch.Tensor) -> torch.Tensor:
@@ -198,7 +213,10 @@ def _denoiser(prompts: list[list[torch.Tensor]], uncond: list[torch.Tensor] | No
                 batched[name] = _use_cfg_batch(cfg_batch, model, xs, device)
             return _guided(call, xs, timestep, cond, uncond, guidance, batched[name], before_block, vace)
 
-        return run(None, x) if plan is None else blend(plan, x, run, check_cancel)
+        if plan is None:
+            finish(0, x.shape[2], run(None, x))
+        else:
+            stream(plan, x, run, finish, check_cancel)
 
     return velocity_at
 

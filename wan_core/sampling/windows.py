@@ -25,6 +25,10 @@ from the first frame to the last (starts round(k * (T - L) / (W - 1))). It depen
 the step, so a seed and settings always give the same video. Prompt travel: with P prompts over W windows, window w
 reads prompt floor(w * P / W) (consecutive windows share a prompt; the first and last prompts open and close).
 VACE control (when the sampler gets it) is sliced per window with `Window.take` along the frame axis.
+
+Streaming (`stream`): windows run in order, and the frames before the next window's start are handed to the solver
+as soon as their blend is complete; it steps them in place. So besides x and the solver's history nothing of the
+whole latent's size exists: the blend buffer is one window, the carry to the next window the frames they share.
 """
 
 from __future__ import annotations
@@ -117,18 +121,33 @@ def plan_windows(settings: ContextWindows, frames: int, prompts: int = 1) -> Win
     return WindowPlan(settings, frames, windows)
 
 
-def blend(plan: WindowPlan, x: torch.Tensor, run: Callable[[Window, torch.Tensor], torch.Tensor],
-          check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
-    """The blended velocity over the whole latent `x` [B, C, T, H, W]: `run(window, x slice)` once per window."""
-    out: torch.Tensor | None = None
-    for window in plan.windows:
+FrameRange = Callable[[int, int, torch.Tensor], None]  # (lo, hi, blended velocity of latent frames [lo, hi))
+
+
+def stream(plan: WindowPlan, x: torch.Tensor, run: Callable[[Window, torch.Tensor], torch.Tensor], finish: FrameRange,
+           check_cancel: Callable[[], None] | None = None) -> None:
+    """Blend the windows' velocities over the latent `x` [B, C, T, H, W], `run(window, x slice)` once per window, and
+    hand each frame range to `finish` as soon as its blend is complete.
+
+    Windows run in order of their starts (their ends follow, all having one length), so after window k the frames
+    before window k + 1's start are read by no later window: `finish` may step them in `x` in place. Only the
+    frames two neighbours share are carried to the next window, so no buffer here is larger than a window. Each
+    frame's sum is accumulated in window order from 0 (0 + a_0 v_0 + a_1 v_1 ...), and a frame alone in its window
+    gets 0 + v * 1.0, exactly v.
+    """
+    windows = plan.windows
+    carry: torch.Tensor | None = None  # the blended sum so far of the frames window k shares with window k - 1
+    for k, window in enumerate(windows):
         if check_cancel is not None:
             check_cancel()
         v = run(window, window.take(x)).float()
         weights = torch.tensor(window.weights, dtype=torch.float32, device=v.device).view(1, 1, -1, 1, 1)
-        if out is None:
-            out = torch.zeros(x.shape, dtype=torch.float32, device=v.device)
-        window.take(out).add_(v.mul_(weights))  # a frame alone in its window: 0 + v * 1.0, exactly v
+        total = torch.zeros_like(v)
+        if carry is not None:
+            total.narrow(2, 0, carry.shape[2]).copy_(carry)
+        total.add_(v.mul_(weights))
         del v
-    assert out is not None  # a plan has at least one window
-    return out
+        done = windows[k + 1].start if k + 1 < len(windows) else window.end  # frames no later window reads
+        finish(window.start, done, total.narrow(2, 0, done - window.start))
+        carry = total.narrow(2, done - window.start, window.end - done).clone() if done < window.end else None
+        del total

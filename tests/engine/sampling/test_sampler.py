@@ -257,14 +257,17 @@ def test_denoise_runs_only_last_steps_with_low_expert(experts: RecordingExperts,
     assert torch.equal(run(experts, text, denoise=0.0, latent=latent, shape=None), latent)  # nothing to do
 
 
-def test_callback_reports_each_step(experts: RecordingExperts, text) -> None:
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+def test_callback_reports_each_step(experts: RecordingExperts, text, solver: str) -> None:
     seen = []
-    out = run(experts, text, callback=lambda i, t, name, x0: seen.append((i, t, name, x0.clone())))
-    schedule = build_schedule(STEPS, SHIFT)
+    out = run(experts, text, solver=solver, callback=lambda i, t, name, x0: seen.append((i, t, name, x0.clone())))
+    schedule = build_schedule(STEPS, SHIFT, solver)
     assert [(i, t, n) for i, t, n, _ in seen] == list(zip(range(STEPS), schedule.timesteps, schedule.experts))
     assert all(x0.shape == SHAPE for *_, x0 in seen)
-    # UniPC's last step is first order onto sigma 0: the result is the last x0 estimate itself.
+    # Every solver's last step is first order onto sigma 0: the result is the last x0 estimate itself (the preview
+    # is the solver's own history for UniPC / DPM++, a buffer of the sampler's for Euler).
     assert torch.equal(seen[-1][3], out)
+    assert not any(torch.equal(a[3], b[3]) for a, b in zip(seen, seen[1:]))  # each step's own estimate
 
 
 def test_cancel_stops_within_one_block_and_experts_stay_usable(models: dict, experts: RecordingExperts, text) -> None:

@@ -127,6 +127,29 @@ def test_custom_sigmas_from_one_and_leftover_noise_stay_finite(solver: str) -> N
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("solver", ["unipc", "dpm++", "euler"])
+def test_frame_ranges_in_any_order_step_exactly_as_the_whole_latent(solver: str) -> None:
+    # The sampler's context windows step each frame range in place once its velocity is complete: every solver is
+    # elementwise, so this must be the whole-latent step bit for bit (history included), and `step` keeps x intact.
+    sigmas = build_schedule(6, 5.0, solver).sigmas
+    whole, ranged = make_solver(solver, sigmas), make_solver(solver, sigmas)
+    x_whole = start(3).view(2, 1, 4, 3, 5).repeat(1, 2, 1, 1, 1)  # [B, C, T=4, H, W]
+    x_ranged = x_whole.clone()
+    for i in range(len(sigmas) - 1):
+        v = smooth_field(x_whole, sigmas[i])
+        before = x_whole.clone()
+        x_next = whole.step(v, x_whole, i)
+        assert torch.equal(x_whole, before)
+        ranged.begin(i, x_ranged)
+        for lo, hi in ((2, 3), (0, 2), (3, 4)):
+            ranged.frames(v.narrow(2, lo, hi - lo).clone(), x_ranged, lo, hi)
+        assert torch.equal(x_ranged, x_next), i
+        if ranged.keeps_x0:
+            assert torch.equal(ranged.estimate(), whole.x0(v, x_whole, i)), i
+        x_whole = x_next
+    assert ranged.keeps_x0 == (solver != "euler") and (ranged.estimate() is None) == (solver == "euler")
+
+
 def test_steps_must_run_in_order() -> None:
     solver = make_solver("unipc", build_schedule(4, 3.0).sigmas)
     x = start()

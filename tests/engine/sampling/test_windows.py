@@ -9,7 +9,7 @@ from wan_core.testing.tiny.dit import perturbed_dit
 from wan_core.requests import ContextWindows
 from wan_core.sampling.experts import ResidentExperts
 from wan_core.sampling.sampler import sample_moe
-from wan_core.sampling.windows import plan_windows, window_starts
+from wan_core.sampling.windows import plan_windows, stream, window_starts
 
 RUN = dict(steps=4, shift=5.0, seed=11)  # t 999, 937 high-noise; 833, 624 low-noise
 
@@ -89,6 +89,40 @@ def test_prompt_travel_spreads_prompts_over_consecutive_windows():
     assert [w.prompt for w in plan.windows] == [0, 0, 1, 1, 2, 2]
     assert [w.prompt for w in plan_windows(ContextWindows(21, 8), 26, prompts=4).windows] == [0, 0, 1, 2, 2, 3]
     assert "6 context windows of 6 latent frames (21 px frames), overlap 2 (8), pyramid, 3 prompts" in plan.summary()
+
+
+@pytest.mark.parametrize("fuse", ["pyramid", "linear"])
+@pytest.mark.parametrize("frames, length, overlap", [(23, 41, 16), (12, 17, 12), (9, 9, 0)])
+def test_stream_hands_each_frame_once_with_the_dense_blend_after_its_last_window(fuse, frames, length, overlap):
+    # The dense blend sum_w a_w v_w accumulated over a whole-latent buffer in window order is what the velocity of
+    # a frame must be, bit for bit; `finish` may step a frame in place, so no window may read it afterwards.
+    plan = plan_windows(ContextWindows(length, overlap, fuse), frames)
+    x = torch.randn(1, 2, frames, 3, 2, generator=torch.Generator().manual_seed(4))
+    velocity = {w.start: torch.randn(1, 2, w.end - w.start, 3, 2, generator=torch.Generator().manual_seed(w.start))
+                for w in plan.windows}
+    dense = torch.zeros_like(x)
+    for w in plan.windows:
+        weights = torch.tensor(w.weights, dtype=torch.float32).view(1, 1, -1, 1, 1)
+        w.take(dense).add_(velocity[w.start] * weights)
+    events, got = [], torch.full_like(x, float("nan"))
+
+    def run(window, xs):
+        assert torch.equal(xs, window.take(x))
+        events.append(("run", window.start, window.end))
+        return velocity[window.start].clone()
+
+    def finish(lo, hi, v):
+        events.append(("finish", lo, hi))
+        got.narrow(2, lo, hi - lo).copy_(v)
+
+    stream(plan, x, run, finish)
+    finished = [(lo, hi) for kind, lo, hi in events if kind == "finish"]
+    assert [lo for lo, _ in finished] == [0] + [hi for _, hi in finished[:-1]] and finished[-1][1] == frames
+    for k, (kind, lo, hi) in enumerate(events):
+        if kind == "finish":
+            assert all(start >= hi for later, start, _ in events[k + 1:] if later == "run")
+    assert torch.equal(got, dense)
+    assert len(plan.windows) > 1 or torch.equal(got, velocity[0])
 
 
 @pytest.mark.parametrize("make, message", [
