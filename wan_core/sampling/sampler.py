@@ -34,7 +34,7 @@ from .control import BoundControl, Control
 from .experts import ExpertSource
 from .masking import KeptRegion
 from .schedule import Schedule, build_schedule
-from .solvers import make_solver
+from .solvers import Solver, make_solver
 from .step_cache import StepCache
 from .windows import FrameRange, Window, WindowPlan, plan_windows, stream
 
@@ -123,9 +123,8 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             for i, (t, name, guidance) in enumerate(zip(schedule.timesteps, schedule.experts, schedule.guidance)):
                 if check_cancel is not None:
                     check_cancel()
-                sigma = schedule.sigmas[i]
                 if kept is not None:
-                    x.copy_(kept.noised(x, sigma))
+                    x.copy_(kept.noised(x, schedule.sigmas[i]))
                 model = experts.expert(name)
                 if used and model is not previous:  # the switch: the last expert's kept text keys/values go now
                     getattr(previous, "forget_text", lambda: None)()
@@ -134,19 +133,10 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
                     step_cache.begin_step(i, name)
                 # The official loop feeds the truncated integer timestep; euler feeds sigma * 1000 (see schedule).
                 timestep = torch.full((batch,), schedule.model_timestep(i), dtype=torch.float32, device=device)
-                preview = torch.empty_like(x) if callback is not None else None
+                preview = torch.empty_like(x) if callback is not None and not solver.keeps_x0 else None  # see _finish_frames
                 solver.begin(i, x)
-
-                def finish(lo: int, hi: int, velocity: torch.Tensor, i: int = i, sigma: float = sigma,
-                           preview: torch.Tensor | None = preview) -> None:
-                    """Frames [lo, hi) have their velocity: step them in place (x's other frames stay as they are)."""
-                    if kept is not None:
-                        velocity = kept.velocity(velocity, x.narrow(2, lo, hi - lo), sigma, lo, hi)
-                    if preview is not None:
-                        preview.narrow(2, lo, hi - lo).copy_(solver.x0(velocity, x.narrow(2, lo, hi - lo), i))
-                    solver.frames(velocity, x, lo, hi)
-
-                velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which), finish)
+                velocity_at(model, name, x, timestep, guidance, lambda which, i=i: _vace(bound, i, which),
+                            partial(_finish_frames, solver, x, i, schedule.sigmas[i], kept, preview))
                 if callback is not None:
                     callback(i, t, name, preview if preview is not None else solver.estimate())
                 del preview
@@ -157,6 +147,19 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             getattr(model, "forget_text", lambda: None)()
         experts.release()
     return x.to("cpu", torch.float32)
+
+
+def _finish_frames(solver: Solver, x: torch.Tensor, i: int, sigma: float, kept: KeptRegion | None,
+                   preview: torch.Tensor | None, lo: int, hi: int, velocity: torch.Tensor) -> None:
+    """Frames [lo, hi) of step i have their velocity: step them in place (x's other frames stay as they are).
+
+    `preview`: the sampler's buffer for the step's x0 estimate when the solver keeps none (Euler); UniPC and DPM++
+    write exactly x - sigma * v to their history, which the callback then gets."""
+    if kept is not None:
+        velocity = kept.velocity(velocity, x.narrow(2, lo, hi - lo), sigma, lo, hi)
+    if preview is not None:
+        preview.narrow(2, lo, hi - lo).copy_(solver.x0(velocity, x.narrow(2, lo, hi - lo), i))
+    solver.frames(velocity, x, lo, hi)
 
 
 def _bind_control(control: Control | None, plan: WindowPlan | None, schedule: Schedule, shape: tuple[int, ...],
