@@ -48,12 +48,13 @@ class VaceBlock(WanBlock):
         self.after_proj = Linear(config.dim, config.dim)
 
     def forward(self, c: torch.Tensor, x0: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
-                rotations: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """c, x0 [B, L, dim] float32 -> (hint [B, L, dim] float32, the advanced stream c); `kv` as WanBlock's."""
+                rotations: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                text_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """c, x0 [B, L, dim] float32 -> (hint [B, L, dim] float32, the advanced stream c); `kv`, `text_bias` as
+        WanBlock's."""
         if self.before_proj is not None:
             c = self.before_proj(c).float() + x0
-        c = super().forward(c, e0, context, rotations, kv=kv, inplace=True)  # the stream is ours: advanced in place
+        c = super().forward(c, e0, context, rotations, kv=kv, text_bias=text_bias, inplace=True)  # the stream is ours: advanced in place
         return self.after_proj(c).float(), c
 
 
@@ -117,5 +118,6 @@ class VaceHints:
         block, state = self.model.vace_blocks[n], self.state
         kv = state.text_kv(len(self.model.blocks) + n, block)  # one projection of the text for every stream
         for j, stream in enumerate(self.streams):
-            hint, self.streams[j] = block(stream, state.x, state.e0, state.context, state.rotations, kv=kv)
+            hint, self.streams[j] = block(stream, state.x, state.e0, state.context, state.rotations, kv=kv,
+                                          text_bias=state.text_bias)
             x.addcmul_(hint, self.strengths[j])
