@@ -18,6 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -164,24 +165,8 @@ def _load() -> str:
     return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every row, print the table; returns 0."""
-    parser = argparse.ArgumentParser(prog="python -m bench.speed_cpu", description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="tiny configs (a smoke run)")
-    parser.add_argument("--compute", choices=("fp32", "bf16"), default="fp32", help="our DiT's compute dtype")
-    args = parser.parse_args(argv)
-    p, a14b = (TINY, TINY_A14B) if args.tiny else (REAL, A14B_1L)
-    print(f"speed benchmark on CPU ({torch.get_num_threads()} threads); start: {_load()}", flush=True)
-    print(HEADER)
-    # Median of 3 calls for the DiT and sampling rows (single calls varied by 30% between runs on the 2-core
-    # machine); one call for the VAE rows, whose calls take tens of seconds.
-    repeats = 1 if args.tiny else 3
-    pair = lambda case, *a, n=repeats: [isolated(case, impl, *a, n) for impl in ("ours", "reference")]  # noqa: E731
-    for config, latents in ((a14b, (p.a14b_latent,)), (p.sampler, p.wide_latents)):
-        for latent in latents:
-            tokens = latent[1] * (latent[2] // 2) * (latent[3] // 2)
-            name = f"{config.dim}d {config.num_layers}L {tokens} tok" + (f" ours {args.compute}" if args.compute != "fp32" else "")
-            print(row("DiT forward", name, *pair(dit_case, config, latent, args.compute)), flush=True)
+def _sampling_rows(p: Plan, pair: Callable, repeats: int) -> None:
+    """Ours against diffusers' WanPipeline, then ours with step caching against both."""
     ours, ref = pair(sampler_case, p, 0.0)
     name = f"{p.sampler.dim}d x2, {p.sampler_steps} steps, cfg"
     print(row("MoE sampling", name, ours, ref), flush=True)
@@ -190,7 +175,34 @@ def main(argv: list[str] | None = None) -> int:
     print(row("MoE sampling", f"{name}, cache {CACHE_THRESHOLD} {skipped}", cached, ref), flush=True)
     rel = float(np.sqrt(np.mean((cached["out"] - ours["out"]) ** 2) / np.mean(ours["out"] ** 2)))
     print(row("  vs ours", f"cache {CACHE_THRESHOLD} / uncached, rel rms {rel:.1e}", cached, ours), flush=True)
-    for tiled in (False, True):
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every row, print the table; returns 0."""
+    parser = argparse.ArgumentParser(prog="python -m bench.speed_cpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny configs (a smoke run)")
+    parser.add_argument("--compute", choices=("fp32", "bf16"), default="fp32", help="our DiT's compute dtype")
+    parser.add_argument("--rows", default="dit,sampling,vae",
+                        help="which groups of rows to run, comma-separated (dit, sampling, vae; default all)")
+    args = parser.parse_args(argv)
+    rows = set(args.rows.split(","))
+    if not rows <= {"dit", "sampling", "vae"}:
+        parser.error(f"--rows takes dit, sampling and vae, got {args.rows!r}")
+    p, a14b = (TINY, TINY_A14B) if args.tiny else (REAL, A14B_1L)
+    print(f"speed benchmark on CPU ({torch.get_num_threads()} threads); start: {_load()}", flush=True)
+    print(HEADER)
+    # Median of 3 calls for the DiT and sampling rows (single calls varied by 30% between runs on the 2-core
+    # machine); one call for the VAE rows, whose calls take tens of seconds.
+    repeats = 1 if args.tiny else 3
+    pair = lambda case, *a, n=repeats: [isolated(case, impl, *a, n) for impl in ("ours", "reference")]  # noqa: E731
+    for config, latents in ((a14b, (p.a14b_latent,)), (p.sampler, p.wide_latents)) if "dit" in rows else ():
+        for latent in latents:
+            tokens = latent[1] * (latent[2] // 2) * (latent[3] // 2)
+            name = f"{config.dim}d {config.num_layers}L {tokens} tok" + (f" ours {args.compute}" if args.compute != "fp32" else "")
+            print(row("DiT forward", name, *pair(dit_case, config, latent, args.compute)), flush=True)
+    if "sampling" in rows:
+        _sampling_rows(p, pair, repeats)
+    for tiled in (False, True) if "vae" in rows else ():
         for frames in p.vae_frames:
             name = f"dim {p.vae_dim}, {frames}x{p.vae_hw[0]}x{p.vae_hw[1]} -> {video_frames(frames)} fr" + \
                 (f", tiles {p.vae_tile}" if tiled else "")

@@ -11,7 +11,7 @@ import wan_core.memory.budget as budget
 from wan_core.dit.model import DiTConfig, WanDiT
 from wan_core.dit.keys import diffusers_to_official
 from wan_core.sampling.experts import ResidentExperts
-from wan_core.sampling.sampler import cfg_batch_bytes, make_noise, sample_moe, sample_schedule
+from wan_core.sampling.sampler import _use_cfg_batch, cfg_batch_bytes, make_noise, sample_moe, sample_schedule
 from wan_core.sampling.schedule import base_grid, build_schedule
 from wan_core.testing.tiny.dit import perturbed_dit
 
@@ -196,14 +196,16 @@ def test_batched_cfg_equals_sequential(experts: RecordingExperts, text, solver: 
     assert torch.isfinite(batched).all()
 
 
-def test_cfg_batch_auto_follows_free_memory(experts: RecordingExperts, text, monkeypatch) -> None:
-    monkeypatch.setattr(budget, "free_bytes", lambda device: 0)
-    run(experts, text, steps=2)
-    assert {batch for _, batch, _ in experts.calls} == {1}
-    experts.reset()
+def test_cfg_batch_auto_follows_free_memory_on_an_accelerator_and_never_batches_on_the_cpu(
+        experts: RecordingExperts, text, monkeypatch) -> None:
     monkeypatch.setattr(budget, "free_bytes", lambda device: 1 << 50)
     run(experts, text, steps=2)
-    assert {batch for _, batch, _ in experts.calls} == {2}
+    assert {batch for _, batch, _ in experts.calls} == {1}  # the CPU: a batch of 2 is no faster, twice the memory
+    model, x = experts.expert("high"), torch.empty(SHAPE, device="meta")
+    assert _use_cfg_batch("auto", model, x, torch.device("cuda"))
+    assert _use_cfg_batch("on", model, x, torch.device("cpu"))
+    monkeypatch.setattr(budget, "free_bytes", lambda device: 2 * cfg_batch_bytes(model, x) // 2)
+    assert not _use_cfg_batch("auto", model, x, torch.device("cuda"))  # twice a pass does not fit 70% of it
     # A14B at 1280x720x81 (21x90x160 latent, 75 600 tokens): tens of GB per pass, so 24 GB cards run sequentially.
     a14b = torch.nn.Module()
     a14b.config = DiTConfig.a14b()
@@ -363,5 +365,5 @@ def test_kept_text_of_the_high_expert_goes_at_the_switch_and_all_of_it_at_the_en
     kept = []
     run(experts, text, callback=lambda i, t, name, x0: kept.append(
         (name, len(models["high"]._text_cache), len(models["low"]._text_cache))))
-    assert kept == [("high", 1, 0), ("high", 1, 0), ("low", 0, 1), ("low", 0, 1)]  # cond+uncond batched: one entry
+    assert kept == [("high", 2, 0), ("high", 2, 0), ("low", 0, 2), ("low", 0, 2)]  # cond and uncond: two entries
     assert (len(models["high"]._text_cache), len(models["low"]._text_cache)) == (0, 0)
