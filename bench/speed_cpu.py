@@ -112,7 +112,7 @@ def sampler_case(impl: str, p: Plan, threshold: float, repeats: int) -> dict:
         caches: list[StepCache] = []
 
         def run() -> torch.Tensor:
-            caches.append(StepCache(threshold, schedule.steps))
+            caches[:] = [StepCache(threshold, schedule.steps)]  # the last run's, for its skipped count
             return sample_schedule(ResidentExperts(high, low), schedule, [positive], [negative], noise=noise,
                                    step_cache=caches[-1] if threshold else None)
     else:

@@ -295,8 +295,17 @@ class WanBlock(nn.Module):
         with dequantized_once(self.ffn[0], self.ffn[2]) if step < tokens else nullcontext():
             for start in range(0, tokens, step):
                 part = x[:, start:start + step]
-                y = self.ffn(_modulate_(self.norm2(part), shift, scale))
+                y = self._ffn_layers(_modulate_(self.norm2(part), shift, scale))
                 part.addcmul_(y.float(), gate)
+
+    def _ffn_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """self.ffn(x) with its GELU in place on the hidden layer: the same kernel on the same values, so the same
+        bits, without a second [B, tokens, ffn_dim] tensor (the block's largest) beside the first."""
+        up, act, down = self.ffn
+        hidden = up(x)
+        if type(act) is nn.GELU:
+            return down(torch.ops.aten.gelu_(hidden, approximate=act.approximate))
+        return down(act(hidden))
 
 
 class Head(nn.Module):

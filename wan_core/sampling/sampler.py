@@ -145,6 +145,8 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
     finally:
         for model in used.values():
             getattr(model, "forget_text", lambda: None)()
+        if step_cache is not None:
+            step_cache.end_run()
         experts.release()
     return x.to("cpu", torch.float32)
 

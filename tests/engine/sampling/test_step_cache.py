@@ -85,3 +85,29 @@ def test_an_expert_without_the_wandit_stages_is_refused_by_name(prompts):
     cache = StepCache(0.1, 20)
     with pytest.raises(TypeError, match="OpaqueExpert has not"):
         cache(OpaqueExpert(), torch.zeros(SHAPE), torch.zeros(1), prompts[0])
+
+
+def test_kept_residuals_are_rewritten_in_place_and_dropped_when_the_run_ends(experts, prompts):
+    # What the cache keeps lives for the whole run; a new buffer beside the old at every full step fragments the
+    # heap around the steps' activations, and a cache kept after its run (a caller holding it for its summary)
+    # must not hold a latent's worth of token streams.
+    schedule = build_schedule(20, 12.0, "unipc")
+    cache = StepCache(0.05, schedule.steps)
+    storages: list[set[int]] = []
+    real = cache._measure
+
+    def measure(tokens, out):
+        real(tokens, out)
+        state = cache._state
+        storages.append({t.data_ptr() for t in (*state.residuals.values(), state.full_in, state.full_out)})
+
+    cache._measure = measure
+    run(experts, prompts, schedule, cache, cfg_batch="off")
+    switch = schedule.experts.index("low")
+    full = [i for i in range(schedule.steps) if i not in cache.skipped]
+    high = [s for i, s in zip(full, storages) if i < switch]
+    low = [s for i, s in zip(full, storages) if i >= switch]
+    assert len(high) >= 3 and len(low) >= 3
+    assert all(s == high[1] for s in high[1:]) and all(s == low[1] for s in low[1:])  # same buffers once made
+    assert cache._state.residuals == {} and cache._state.full_in is None and cache._state.prev_in is None
+    assert len(cache.skipped) >= 1 and cache.summary(20).endswith(f"skipped {len(cache.skipped)} of 20 steps")
