@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -143,12 +143,18 @@ def sample_schedule(experts: ExpertSource, schedule: Schedule, positive: Sequenc
             if kept is not None:
                 x = kept.final(x)
     finally:
-        for model in used.values():
-            getattr(model, "forget_text", lambda: None)()
-        if step_cache is not None:
-            step_cache.end_run()
-        experts.release()
+        _end_run(experts, used.values(), step_cache)
     return x.to("cpu", torch.float32)
+
+
+def _end_run(experts: ExpertSource, used: Iterable[torch.nn.Module], step_cache: StepCache | None) -> None:
+    """However the run ended: the experts' kept text keys/values and the step cache's residuals go, and the
+    experts are released."""
+    for model in used:
+        getattr(model, "forget_text", lambda: None)()
+    if step_cache is not None:
+        step_cache.end_run()
+    experts.release()
 
 
 def _finish_frames(solver: Solver, x: torch.Tensor, i: int, sigma: float, kept: KeptRegion | None,
