@@ -7,6 +7,10 @@ state-dict keys, so official files load without renaming.
 
 Precision (official policy under autocast): Linear/conv/attention compute in `compute_dtype`; the
 residual stream, norms, modulation and the time MLPs and head in float32; sinusoid and RoPE in float64.
+
+One deviation in form, not in result: the official forward pads each context to 512 zero rows and attends to all of
+them; here the identical padding rows are embedded once and attended as one key whose logits carry log(count)
+(`_padding_bias`), which is the same softmax up to float rounding at a tenth of the text's rows for a 50-token prompt.
 """
 
 from __future__ import annotations
