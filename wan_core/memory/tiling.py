@@ -14,15 +14,19 @@ import torch
 
 from .pace import current
 
-def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of length `tile` covering `size`, neighbours overlapping by >= `overlap`."""
+def tile_starts(size: int, tile: int, overlap: int, *, crop_last: bool = False) -> list[int]:
+    """Start offsets of tiles of length `tile` covering `size`, neighbours overlapping by >= `overlap`.
+
+    The last tile ends at `size`: full length, moved back over its neighbour (a model that needs its input's
+    size, an upscaler's windows, gets whole tiles), or with `crop_last` at the regular stride and cut at the edge,
+    so no pixel is computed more often than the overlap asks (the VAE, which takes any size)."""
     if tile >= size:
         return [0]
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be in [0, tile), got overlap {overlap} for tile {tile}")
     stride = tile - overlap
     starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
+    starts.append(starts[-1] + stride if crop_last else size - tile)  # range stops short of size - tile
     return starts
 
 
@@ -108,15 +112,17 @@ def plan_tiles(
     scale: int = 1,
     margin: int = 0,
     device: torch.device | str | None = None,
+    crop_last: bool = False,
 ) -> list[TileSpec]:
     """Tiles covering (height, width) with the same feathered ramps as `tiled_apply`, weights pre-normalised.
 
     With normalised weights a caller can accumulate `out[dst] += result * weight` tile by tile (and frame by
     frame) into a preallocated output, with no second output-sized weight buffer and no final division.
+    `crop_last`: the last row / column of tiles cut at the edge (see `tile_starts`).
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tile
     oh, ow = (overlap, overlap) if isinstance(overlap, int) else overlap
-    ys, xs = tile_starts(height, th, oh), tile_starts(width, tw, ow)
+    ys, xs = tile_starts(height, th, oh, crop_last=crop_last), tile_starts(width, tw, ow, crop_last=crop_last)
     raw: list[tuple[tuple[slice, slice], tuple[slice, slice], torch.Tensor]] = []
     total = torch.zeros(height * scale, width * scale, dtype=torch.float32)
     for yi, y0 in enumerate(ys):

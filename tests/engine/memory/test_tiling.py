@@ -39,3 +39,29 @@ def test_blend_weights_feather_the_overlap():
     assert row[:8].eq(0).all() and row[12:].eq(1).all()
     overlap = row[8:12]
     assert (overlap > 0).all() and (overlap < 1).all() and (overlap.diff() > 0).all()
+
+
+def test_cropped_last_tile_keeps_the_stride_and_ends_at_the_edge():
+    # The VAE's tiles: the regular stride, the last cut at the edge (diffusers' layout), so each pixel is decoded
+    # no more often than the overlap asks; full-size tiles (the upscaler's) move the last one back instead.
+    assert tile_starts(16, 8, 2, crop_last=True) == [0, 6, 12]  # [0, 8) [6, 14) [12, 16): 20 px decoded of 16
+    assert tile_starts(16, 8, 2) == [0, 6, 8]  # [8, 16) whole: 24 px decoded
+    assert tile_starts(24, 8, 2, crop_last=True) == [0, 6, 12, 18]
+    assert tile_starts(14, 8, 2, crop_last=True) == [0, 6]
+    assert tile_starts(100, 40, 8, crop_last=True) == [0, 32, 64]
+    assert tile_starts(8, 8, 2, crop_last=True) == [0]
+
+
+def test_vae_plan_tiles_cover_the_frame_with_the_overlap_and_cut_the_last_ones():
+    from wan_core.memory.tiling import plan_tiles
+
+    tiles = plan_tiles(16, 24, tile=8, overlap=2, scale=8, crop_last=True)
+    rows = sorted({(t.src[0].start, t.src[0].stop) for t in tiles})
+    cols = sorted({(t.src[1].start, t.src[1].stop) for t in tiles})
+    assert rows == [(0, 8), (6, 14), (12, 16)] and cols == [(0, 8), (6, 14), (12, 20), (18, 24)]
+    area = sum((t.src[0].stop - t.src[0].start) * (t.src[1].stop - t.src[1].start) for t in tiles) / (16 * 24)
+    assert area == 1.5625  # 1.25 x 1.25 (whole tiles moved back: 1.5 x 1.33 = 2.0)
+    total = torch.zeros(128, 192)
+    for t in tiles:
+        total[t.dst] += t.weight
+    assert (total - 1).abs().max().item() < 1e-6
