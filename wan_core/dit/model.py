@@ -307,7 +307,7 @@ class WanBlock(nn.Module):
         bits, without a second [B, tokens, ffn_dim] tensor (the block's largest) beside the first."""
         up, act, down = self.ffn
         hidden = up(x)
-        if type(act) is nn.GELU:
+        if type(act) is nn.GELU and not hidden.requires_grad:  # autograd would need the hidden layer itself
             return down(torch.ops.aten.gelu_(hidden, approximate=act.approximate))
         return down(act(hidden))
 
