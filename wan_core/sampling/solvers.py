@@ -23,6 +23,7 @@ from typing import Protocol, Sequence
 import torch
 
 from ..config import SOLVERS
+from ..memory.buffers import kept_buffer
 
 
 class Solver(Protocol):
@@ -121,13 +122,6 @@ class _Base:
         return None
 
 
-def _history(buffer: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """A history buffer shaped like the whole latent `x` (the one kept from earlier steps when it still fits)."""
-    if buffer is not None and buffer.shape == x.shape and buffer.dtype == x.dtype and buffer.device == x.device:
-        return buffer
-    return torch.empty_like(x)
-
-
 class FlowEuler(_Base):
     """First-order flow Euler: x <- x + (sigma_next - sigma) * v (also DPM++ 1st order / DDIM for flow)."""
 
@@ -154,7 +148,7 @@ class FlowDPMPP2M(_Base):
         # Official FlowDPMSolverMultistepScheduler.step: first order at step 0 (warm-up) and at the last step
         # (final_sigmas_type "zero" forces `lower_order_final`), second order otherwise.
         self._first_order = not self._has_prev or step_index == self.num_steps - 1
-        self._prev_x0 = _history(self._prev_x0, x)
+        self._prev_x0 = kept_buffer(self._prev_x0, x)
         self._has_prev = True
 
     def frames(self, velocity: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> None:
@@ -203,13 +197,13 @@ class FlowUniPC(_Base):
         if self._kept == self.order:  # the older estimate's buffer takes this step's estimate
             self._x0s.reverse()
         elif self._kept < self.order:
-            self._x0s.insert(0, _history(None, x))
+            self._x0s.insert(0, torch.empty_like(x))
         self._correct = self._kept > 0
         self._last_order = self._order
         self._kept = min(self._kept + 1, self.order)
         # lower_order_final: order min(2, steps left); warm-up: at most 1 + previous steps.
         self._order = min(self.order, self.num_steps - step_index, self._kept)
-        self._last_sample = _history(self._last_sample, x)
+        self._last_sample = kept_buffer(self._last_sample, x)
 
     def frames(self, velocity: torch.Tensor, x: torch.Tensor, lo: int, hi: int) -> None:
         """Correct frames [lo, hi) with the new model output (UniC), then predict their next x (UniP)."""
