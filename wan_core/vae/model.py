@@ -63,13 +63,10 @@ class CausalConv3d(nn.Conv3d):
         super().__init__(in_channels, out_channels, _triple(kernel_size), stride=_triple(stride), padding=(0, ph, pw))
         self.time_pad = 2 * pt
 
-    def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        front = self.time_pad
-        if history is not None and front > 0:
-            x = torch.cat([history.to(x.dtype), x], dim=2)
-            front -= history.shape[2]
-        if front > 0:
-            x = F.pad(x, (0, 0, 0, 0, front, 0))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv of a whole clip (zeros before its first frame); streamed chunks go through `_causal`."""
+        if self.time_pad > 0:
+            x = F.pad(x, (0, 0, 0, 0, self.time_pad, 0))
         return paced_conv(self, x)
 
 
@@ -107,20 +104,42 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
                   work=work, outputs=outputs, padding=padding[-2])
 
 
-def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
-    """Run `conv` on a chunk, prepending the previous chunk's last input frames, and remember this chunk's."""
-    if cache is None:
-        return conv(x)
-    history = cache.get(conv)
-    keep = x[:, :, -CACHE_FRAMES:]
-    if keep.shape[2] < CACHE_FRAMES and history is not None:
-        # A 1-frame chunk keeps the previous last frame too, so the next chunk still sees 2 frames.
-        keep = torch.cat([history[:, :, -1:], keep], dim=2)  # type: ignore[index]
+def _window(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMSNorm | None = None) -> torch.Tensor:
+    """The input of `conv` for a chunk: [the previous chunk's last 2 inputs | silu(norm(x)), or x], remembering
+    this chunk's last 2 inputs in place of the previous ones.
+
+    The activation is written straight into the window (no separate copy of it, no cat) and the remembered frames
+    overwrite the old ones (no second copy of the cache): at full resolution each is one to two frames of every
+    stage's width. Zero frames stand in for inputs before the clip's first (as the causal padding).
+    """
+    front = conv.time_pad if cache is not None else 0
+    b, c, t, h, w = x.shape
+    window = x.new_empty(b, c, front + t, h, w)
+    history = cache.get(conv) if front else None
+    if front:
+        if history is None:
+            window[:, :, :front].zero_()
+        else:
+            window[:, :, :front] = history
+    if norm is None:
+        window[:, :, front:] = x
     else:
-        keep = keep.clone()  # a view would pin the whole chunk
-    out = conv(x, history)  # type: ignore[arg-type]
-    cache.put(conv, keep)
-    return out
+        F.silu(norm(x, out=window[:, :, front:]), inplace=True)
+    if front:
+        keep = window[:, :, -CACHE_FRAMES:]
+        if isinstance(history, torch.Tensor) and history.shape == keep.shape:
+            history.copy_(keep)
+        else:
+            cache.put(conv, keep.clone())  # a view would pin the whole window  # type: ignore[union-attr]
+    return window
+
+
+def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMSNorm | None = None) -> torch.Tensor:
+    """`conv(silu(norm(x)))` (or `conv(x)`) on a chunk, continuing the previous chunk through `cache` (None: the
+    whole clip, zero-padded in front)."""
+    if cache is None:
+        return conv(x if norm is None else F.silu(norm(x), inplace=True))
+    return paced_conv(conv, _window(conv, x, cache, norm))
 
 
 class RMSNorm(nn.Module):
@@ -131,10 +150,19 @@ class RMSNorm(nn.Module):
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1, 1) if video else torch.ones(dim, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x / max(||x||_2, 1e-12) over channels (not x * rsqrt(mean(x^2) + eps)); fp32 for half inputs.
-        y = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
-        return y * self.scale * self.gamma
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The norm of x, written into `out` when given (a slice of a causal conv's window)."""
+        # x / max(||x||_2, 1e-12) over channels (not x * rsqrt(mean(x^2) + eps)); fp32 for half inputs. The
+        # products keep the reference's order, (y * scale) * gamma, so they round alike.
+        if x.dtype in (torch.float16, torch.bfloat16) or out is None:
+            y = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
+            if out is None:
+                return y * self.scale * self.gamma
+            out.copy_(y)
+        else:
+            F.normalize(x, dim=1, out=out)
+        out.mul_(self.scale).mul_(self.gamma)
+        return out
 
 
 class ResidualBlock(nn.Module):
@@ -152,9 +180,10 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
         r = self.residual
         h = self.shortcut(x) if self.shortcut is not None else x
-        x = _causal(r[2], F.silu(r[0](x), inplace=True), cache)
-        x = _causal(r[6], F.silu(r[3](x), inplace=True), cache)
-        return x + h
+        if cache is None:
+            return _causal(r[6], _causal(r[2], x, None, r[0]), None, r[3]) + h
+        window = _window(r[6], _causal(r[2], x, cache, r[0]), cache, r[3])  # the first conv's output is let go here
+        return paced_conv(r[6], window).add_(h)
 
 
 class AttentionBlock(nn.Module):
@@ -215,15 +244,31 @@ class Resample(nn.Module):
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1))
 
     def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
+        if self.mode.startswith("up"):
+            return self.spatial(self.upsample_time(x, cache))
+        y = self.spatial(x)
+        if self.mode == "downsample3d" and cache is not None:
+            previous = cache.get(self)
+            cache.put(self, y[:, :, -1:].clone())
+            if previous is not None:  # the first chunk's single frame passes through unchanged
+                y = self.time_conv(torch.cat([previous, y], dim=2))  # type: ignore[list-item]
+        return y
+
+    def upsample_time(self, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
+        """upsample3d on a streamed chunk: every frame after the clip's first becomes two; otherwise x itself."""
+        if self.mode != "upsample3d" or cache is None:
+            return x
+        if cache.get(self) is None:
+            cache.put(self, True)  # first chunk: its frame is kept as is (official 'Rep')
+            return x
         b, c, t, h, w = x.shape
-        if self.mode == "upsample3d" and cache is not None:
-            if cache.get(self) is None:
-                cache.put(self, True)  # first chunk: its frame is kept as is (official 'Rep')
-            else:
-                # The conv's 2C channels hold two output frames per input frame: interleave them in time.
-                x = _causal(self.time_conv, x, cache)
-                x = x.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
-                t = 2 * t
+        # The conv's 2C channels hold two output frames per input frame: interleave them in time.
+        x = _causal(self.time_conv, x, cache)
+        return x.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+
+    def spatial(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-frame 2x resampling and its conv (upsample: nearest then conv; downsample: strided conv)."""
+        b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
         if self.mode.startswith("up"):
             # nearest-exact x2 computed in fp32 as the reference does
@@ -231,13 +276,7 @@ class Resample(nn.Module):
         else:
             y = F.pad(y, (0, 1, 0, 1))
         y = paced_conv(self.resample[1], y)
-        y = y.view(b, t, *y.shape[1:]).transpose(1, 2)
-        if self.mode == "downsample3d" and cache is not None:
-            previous = cache.get(self)
-            cache.put(self, y[:, :, -1:].clone())
-            if previous is not None:  # the first chunk's single frame passes through unchanged
-                y = self.time_conv(torch.cat([previous, y], dim=2))  # type: ignore[list-item]
-        return y
+        return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
 class Encoder3d(nn.Module):
@@ -265,7 +304,7 @@ class Encoder3d(nn.Module):
         x = _causal(self.conv1, x, cache)
         for layer in (*self.downsamples, *self.middle):
             x = layer(x, cache)
-        return _causal(self.head[2], F.silu(self.head[0](x), inplace=True), cache)  # type: ignore[arg-type]
+        return _causal(self.head[2], x, cache, self.head[0])  # type: ignore[arg-type]
 
 
 class Decoder3d(nn.Module):
@@ -318,19 +357,19 @@ class Decoder3d(nn.Module):
     def upper_stages(self, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
         """Everything after the middle attention, up to the RGB head."""
         layers = [self.middle[2], *self.upsamples]
-        last_temporal = max((i for i, layer in enumerate(layers)
-                             if isinstance(layer, Resample) and layer.mode == "upsample3d"), default=-1)
-        for layer in layers[: last_temporal + 1]:
+        last = max(i for i, layer in enumerate(layers) if isinstance(layer, Resample) and layer.mode == "upsample3d")
+        for layer in layers[:last]:
             x = layer(x, cache)
-        # After the last temporal upsample every stage is per-frame or causal through the cache, so its frames can
-        # go through in sub-chunks: the full-resolution activations then hold SUB_FRAMES frames, not four.
+        x = layers[last].upsample_time(x, cache)  # type: ignore[operator]
+        # From the last temporal upsample's interleave on, every stage is per-frame or causal through the cache, so
+        # its frames can go through in sub-chunks: the 2x-4x-8x activations then hold SUB_FRAMES frames, not four.
         step = x.shape[2] if cache is None else SUB_FRAMES
         outs = []
         for start in range(0, x.shape[2], step):
-            y = x[:, :, start:start + step]
-            for layer in layers[last_temporal + 1:]:
+            y = layers[last].spatial(x[:, :, start:start + step])  # type: ignore[operator]
+            for layer in layers[last + 1:]:
                 y = layer(y, cache)
-            outs.append(_causal(self.head[2], F.silu(self.head[0](y), inplace=True), cache))
+            outs.append(_causal(self.head[2], y, cache, self.head[0]))  # type: ignore[arg-type]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 

@@ -64,8 +64,6 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
     last_temporal = max((i for i, layer in enumerate(layers)
                          if isinstance(layer, Resample) and layer.mode == "upsample3d"), default=len(layers))
     for index, layer in enumerate(layers):
-        if decode and index == last_temporal + 1:
-            t = min(t, SUB_FRAMES)  # the full-resolution stages run in sub-chunks (Decoder3d.forward)
         if isinstance(layer, ResidualBlock):
             c = res(layer, t, hw_)
         elif isinstance(layer, Resample):
@@ -73,6 +71,8 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
                 caches += CACHE_FRAMES * c * hw_
                 act(2 * c, t, hw_)
                 t *= 2
+                if decode and index == last_temporal:
+                    t = min(t, SUB_FRAMES)  # from the last interleave on, sub-chunks (Decoder3d.upper_stages)
             if layer.mode.startswith("up"):
                 act(c, t, 4 * hw_)
                 hw_ *= 4
