@@ -14,7 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,47 +116,56 @@ def map_rows(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim
 
 
 def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], dim: int, total: int, spans: list[tuple[int, int]],
-               pace: Pace, take: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+               pace: Pace, take: Callable[[int, int], torch.Tensor], into: torch.Tensor | None = None) -> torch.Tensor:
     """`fn` over the chunks (start, count) of the `total` output rows along `dim`, each from the input
-    `take(start, count)` gives, with the cancel check before each chunk; one call when one chunk holds them all."""
+    `take(start, count)` gives, with the cancel check before each chunk; one call when one chunk holds them all.
+    With `into`, each chunk's result is added to its rows of `into` (returned) instead of filling a new tensor."""
     pace.tick()
     if len(spans) == 1:
-        return fn(take(0, total))
-    out = None
+        return fn(take(0, total)) if into is None else into.add_(fn(take(0, total)))
+    out = into
     for start, count in spans:
         if start:
             pace.tick()
         part = fn(take(start, count))
+        if into is not None:
+            out.narrow(dim, start, count).add_(part)
+            continue
         if out is None:
             out = part.new_empty(part.shape[:dim] + (total,) + part.shape[dim + 1:])
         out.narrow(dim, start, count).copy_(part)
     return out
 
 
-def banded(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, dim: int, kernel: int, stride: int,
-           work: float, outputs: float = 0.0, padding: int = 0, pace: Pace | None = None) -> torch.Tensor:
+def banded(fn: Callable, x: torch.Tensor | Sequence[torch.Tensor], *, dim: int, kernel: int, stride: int,
+           work: float, outputs: float = 0.0, padding: int = 0, pace: Pace | None = None,
+           into: torch.Tensor | None = None) -> torch.Tensor:
     """`fn(x)` for a convolution along `dim` (`kernel`, `stride`, and `padding` zeros on both sides there, which
     `fn` must not add itself), computed in bands of output rows, each from its input rows plus the kernel's halo,
     with the cancel check before each band. `work` is the whole call's floating-point operations, `outputs` its
     output elements (both bound a band, which may be up to twice that so that bands are even). Only a band at an
-    edge is padded (a copy of that band, never of `x`).
+    edge is padded (a copy of that band, never of `x`). `x` may be several tensors of one shape (a sum of
+    convolutions): `fn` then gets the same band of each, as a list. With `into` (a residual), each band's result is
+    added to it in place and `into` returned: the whole result never exists as a tensor of its own.
 
     Every output row sees exactly the inputs it sees in one call; the bands only change how the backend blocks the
     work (bit-identical for most shapes, within float rounding where the backend picks another algorithm)."""
     pace = pace or current()
-    size = x.shape[dim]
+    several = not isinstance(x, torch.Tensor)
+    inputs = list(x) if several else [x]
+    size = inputs[0].shape[dim]
     total = (size + 2 * padding - kernel) // stride + 1
-    rows = pace.rows(total, work / max(total, 1), x.device, elements_per_row=outputs / max(total, 1))
+    rows = pace.rows(total, work / max(total, 1), inputs[0].device, elements_per_row=outputs / max(total, 1))
 
-    def take(start: int, count: int) -> torch.Tensor:
+    def take(start: int, count: int) -> torch.Tensor | list[torch.Tensor]:
         lo = start * stride - padding
         hi = lo + (count - 1) * stride + kernel
-        band = x.narrow(dim, max(lo, 0), min(hi, size) - max(lo, 0))
         before, after = max(0, -lo), max(0, hi - size)
+        bands = [t.narrow(dim, max(lo, 0), min(hi, size) - max(lo, 0)) for t in inputs]
         if before or after:
-            return F.pad(band, [0, 0] * (x.dim() - 1 - dim) + [before, after])
-        return band
+            bands = [F.pad(band, [0, 0] * (band.dim() - 1 - dim) + [before, after]) for band in bands]
+        return bands if several else bands[0]
 
     count = max(1, total // rows)  # bands of at least `rows`, spread evenly (no thin last band)
     spans = [(k * total // count, (k + 1) * total // count - k * total // count) for k in range(count)]
-    return _in_chunks(fn, dim, total, spans, pace, take)
+    return _in_chunks(fn, dim, total, spans, pace, take, into)

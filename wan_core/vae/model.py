@@ -20,7 +20,6 @@ from ..memory.pace import banded, current, map_rows
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
-SUB_FRAMES = 1  # frames per sub-chunk through the full-resolution decoder stages (see Decoder3d.forward)
 TEMPORAL_FACTOR = 4
 SPATIAL_FACTOR = 8
 LATENT_CHANNELS = len(WAN21_LATENT_MEAN)
@@ -76,70 +75,138 @@ class CausalConv3d(nn.Conv3d):
 _ONEDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()
 
 
-def _conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, padding: Sequence[int]) -> torch.Tensor:
-    """conv's convolution of x with this zero padding (its own stride, dilation, groups)."""
-    if _ONEDNN and x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and conv.weight.dtype == x.dtype:
-        return torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, padding, conv.stride, conv.dilation,
-                                        conv.groups)
+def _conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, padding: Sequence[int], weight: torch.Tensor,
+          bias: torch.Tensor | None) -> torch.Tensor:
+    """The convolution of x by weight and bias with this zero padding (conv's stride, dilation, groups)."""
+    if _ONEDNN and x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype:
+        return torch.mkldnn_convolution(x.contiguous(), weight, bias, padding, conv.stride, conv.dilation, conv.groups)
     call = F.conv3d if x.dim() == 5 else F.conv2d
-    return call(x, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+    return call(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
 
-def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """`conv(x)` (without its own time padding), in bands of output rows when the run's pace (memory.pace) says one
-    call is too long, so Cancel is seen within large frames; one call, with the conv's own padding, otherwise."""
+def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, extra: Sequence[tuple[torch.Tensor, torch.Tensor]] = (),
+               into: torch.Tensor | None = None) -> torch.Tensor:
+    """`conv(x)` (without its own time padding; with `weight` and `bias` in place of its own when a weight is
+    given; plus the convolution of each `extra` (input, weight) term, summed in that order; added in place to
+    `into` when given, band by band), in bands of output rows when the run's pace (memory.pace) says one call is
+    too long, so Cancel is seen within large frames; one call, with the conv's own padding, otherwise."""
     h = x.dim() - 2  # the height dimension of [B, C, H, W] or [B, C, T, H, W]
-    kernel, stride, padding = conv.kernel_size, conv.stride, conv.padding
-    outputs = x.shape[0] * conv.out_channels
+    if weight is None:
+        weight, bias = conv.weight, conv.bias
+    inputs, weights = [x, *(t for t, _ in extra)], [weight, *(w for _, w in extra)]
+    kernel, stride, padding = tuple(weight.shape[2:]), conv.stride, conv.padding
+    outputs = x.shape[0] * weight.shape[0]
     for i, size in enumerate(x.shape[2:]):
         outputs *= max(0, (size + 2 * padding[i] - kernel[i]) // stride[i] + 1)
-    work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel)
+    work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel) * len(inputs)
     rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
+
+    def conv_sum(bands: list[torch.Tensor], pad: Sequence[int]) -> torch.Tensor:
+        out = _conv(conv, bands[0], pad, weights[0], bias)
+        for band, w in zip(bands[1:], weights[1:]):
+            out.add_(_conv(conv, band, pad, w, None))
+        return out
+
     pace = current()
     if pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1)) >= rows:
         pace.tick()
-        return _conv(conv, x, padding)
+        return conv_sum(inputs, padding) if into is None else into.add_(conv_sum(inputs, padding))
     band_padding = (*padding[:-2], 0, padding[-1])  # the rows' zero padding is the bands' (banded pads edge bands)
-    return banded(lambda band: _conv(conv, band, band_padding), x, dim=h, kernel=kernel[-2], stride=stride[-2],
-                  work=work, outputs=outputs, padding=padding[-2])
+    return banded(lambda bands: conv_sum(bands, band_padding), inputs, dim=h, kernel=kernel[-2], stride=stride[-2],
+                  work=work, outputs=outputs, padding=padding[-2], into=into)
 
 
-def _window(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMSNorm | None = None) -> torch.Tensor:
-    """The input of `conv` for a chunk: [the previous chunk's last 2 inputs | silu(norm(x)), or x], remembering
-    this chunk's last 2 inputs in place of the previous ones.
+# Streaming a causal conv: a chunk's outputs need the inputs of the chunk's frames and of the CACHE_FRAMES frames
+# before it, which the cache keeps as separate contiguous frames (oldest first; fewer, or none, at the clip's start,
+# where zeros stand in as the causal padding). Three ways to compute it, by what costs least memory:
 
-    The activation is written straight into the window (no separate copy of it, no cat) and the remembered frames
-    overwrite the old ones (no second copy of the cache): at full resolution each is one to two frames of every
-    stage's width. Zero frames stand in for inputs before the clip's first (as the causal padding).
-    """
-    front = conv.time_pad if cache is not None else 0
+
+def _one_frame(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor],
+               into: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1-frame chunk (every full-resolution stage of the decoder): one call per time tap on its own input frame,
+    summed (the one-call conv's sums in another order, within float rounding of it). No window of 3 frames is
+    built, and x itself becomes the newest remembered frame: nothing is copied."""
+    taps = conv.kernel_size[0]
+    earlier = [(frame, conv.weight[:, :, k:k + 1]) for k, frame in zip(range(taps - 2, -1, -1), reversed(frames))]
+    out = paced_conv(conv, x, conv.weight[:, :, taps - 1:], conv.bias, earlier, into)
+    frames[:] = [*frames[len(frames) + 1 - CACHE_FRAMES:], x]
+    return out
+
+
+def _window(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor], norm: RMSNorm | None = None,
+            into: torch.Tensor | None = None) -> torch.Tensor:
+    """A chunk of several frames (the latent-resolution stages, the encoder): one call on [remembered |
+    silu(norm(x)) or x], the activation written straight into that window, its last frames remembered in place of
+    the old ones."""
     b, c, t, h, w = x.shape
-    window = x.new_empty(b, c, front + t, h, w)
-    history = cache.get(conv) if front else None
-    if front:
-        if history is None:
-            window[:, :, :front].zero_()
-        else:
-            window[:, :, :front] = history
+    window = x.new_zeros(b, c, CACHE_FRAMES + t, h, w) if len(frames) < CACHE_FRAMES else x.new_empty(
+        b, c, CACHE_FRAMES + t, h, w)
+    for i, frame in enumerate(frames):
+        window[:, :, CACHE_FRAMES - len(frames) + i] = frame[:, :, 0]
     if norm is None:
-        window[:, :, front:] = x
+        window[:, :, CACHE_FRAMES:] = x
     else:
-        F.silu(norm(x, out=window[:, :, front:]), inplace=True)
-    if front:
-        keep = window[:, :, -CACHE_FRAMES:]
-        if isinstance(history, torch.Tensor) and history.shape == keep.shape:
-            history.copy_(keep)
-        else:
-            cache.put(conv, keep.clone())  # a view would pin the whole window  # type: ignore[union-attr]
-    return window
+        F.silu(norm(x, out=window[:, :, CACHE_FRAMES:]), inplace=True)
+    keep = [window[:, :, j:j + 1] for j in range(t, t + CACHE_FRAMES)]
+    if len(frames) == CACHE_FRAMES and frames[0].shape == keep[0].shape:
+        for frame, new in zip(frames, keep):
+            frame.copy_(new)
+    else:
+        frames[:] = [new.clone() for new in keep]
+    return paced_conv(conv, window, into=into)
 
 
-def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMSNorm | None = None) -> torch.Tensor:
+def _pending_sums(conv: CausalConv3d, x: torch.Tensor, pending: list[torch.Tensor]) -> torch.Tensor:
+    """A conv that narrows the width (the RGB and latent heads): remember the partial sums of its next outputs
+    (2 frames of its few output channels) instead of its last inputs (2 frames of its input width, the largest
+    single cache at full resolution).
+
+    Each input frame meets every time tap in one call (the taps as output channels); output frame j is then
+    tap 0 of frame j-2 + tap 1 of frame j-1 + tap 2 of frame j + bias: the one-call conv's sums in another
+    order (within float rounding of it); zero sums before the clip's first frame, as the causal padding.
+    """
+    taps, width = conv.kernel_size[0], conv.out_channels
+    w = conv.weight
+    y = paced_conv(conv, x, w.permute(2, 0, 1, 3, 4).reshape(taps * width, w.shape[1], 1, *w.shape[3:]))
+    b, _, t, h, w_ = y.shape
+    y = y.view(b, taps, width, t, h, w_)
+    if not pending or pending[0].shape != (b, width, 1, h, w_):
+        pending[:] = [y.new_zeros(b, width, 1, h, w_) for _ in range(taps - 1)]  # pending[k]: for output next + k
+    out = y.new_empty(b, width, t, h, w_)
+    for j in range(t):
+        torch.add(pending[0], y[:, taps - 1, :, j:j + 1], out=out[:, :, j:j + 1])
+        for k in range(taps - 2):
+            pending[k].copy_(pending[k + 1]).add_(y[:, taps - 2 - k, :, j:j + 1])
+        pending[taps - 2].copy_(y[:, 0, :, j:j + 1])
+    if conv.bias is not None:
+        out.add_(conv.bias.view(1, width, 1, 1, 1))
+    return out
+
+
+def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMSNorm | None = None, *,
+            fresh: bool = False, into: torch.Tensor | None = None) -> torch.Tensor:
     """`conv(silu(norm(x)))` (or `conv(x)`) on a chunk, continuing the previous chunk through `cache` (None: the
-    whole clip, zero-padded in front)."""
-    if cache is None:
-        return conv(x if norm is None else F.silu(norm(x), inplace=True))
-    return paced_conv(conv, _window(conv, x, cache, norm))
+    whole clip, zero-padded in front); added in place to `into` (a residual) when given. `fresh`: x is a tensor
+    of its own that nothing else writes, so it may be remembered as is."""
+    if cache is None or not conv.time_pad:
+        y = conv(x if norm is None else F.silu(norm(x), inplace=True))
+        return y if into is None else into.add_(y)
+    state = cache.get(conv)
+    if state is None:
+        state = []
+        cache.put(conv, state)
+    narrows = conv.out_channels < conv.in_channels
+    if x.shape[2] > 1 and not narrows:
+        return _window(conv, x, state, norm, into)  # type: ignore[arg-type]
+    if norm is not None:
+        x, fresh = F.silu(norm(x), inplace=True), True
+    if narrows:
+        y = _pending_sums(conv, x, state)  # type: ignore[arg-type]
+        return y if into is None else into.add_(y)
+    # x becomes a remembered frame: its own contiguous tensor (not a view of a larger one, not written later).
+    own = x if fresh else x.clone(memory_format=torch.contiguous_format)
+    return _one_frame(conv, own.contiguous(), state, into)  # type: ignore[arg-type]
 
 
 class RMSNorm(nn.Module):
@@ -153,16 +220,13 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """The norm of x, written into `out` when given (a slice of a causal conv's window)."""
         # x / max(||x||_2, 1e-12) over channels (not x * rsqrt(mean(x^2) + eps)); fp32 for half inputs. The
-        # products keep the reference's order, (y * scale) * gamma, so they round alike.
+        # products are the reference's, (y * scale) * gamma, done in place.
         if x.dtype in (torch.float16, torch.bfloat16) or out is None:
             y = F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1).to(x.dtype)
-            if out is None:
-                return y * self.scale * self.gamma
-            out.copy_(y)
+            out = y if out is None else out.copy_(y)
         else:
             F.normalize(x, dim=1, out=out)
-        out.mul_(self.scale).mul_(self.gamma)
-        return out
+        return out.mul_(self.scale).mul_(self.gamma)
 
 
 class ResidualBlock(nn.Module):
@@ -177,13 +241,15 @@ class ResidualBlock(nn.Module):
         ])
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
 
-    def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: _Cache | None = None, *, owned: bool = False) -> torch.Tensor:
+        """The block on a chunk; `owned`: x is the caller's own intermediate, which may become the output (the
+        second conv is then added into it band by band, and no separate output tensor is made)."""
         r = self.residual
         h = self.shortcut(x) if self.shortcut is not None else x
-        if cache is None:
-            return _causal(r[6], _causal(r[2], x, None, r[0]), None, r[3]) + h
-        window = _window(r[6], _causal(r[2], x, cache, r[0]), cache, r[3])  # the first conv's output is let go here
-        return paced_conv(r[6], window).add_(h)
+        y = F.silu(r[3](_causal(r[2], x, cache, r[0])), inplace=True)  # the first conv's output is let go here
+        if h is x and not owned:
+            return _causal(r[6], y, cache, fresh=True).add_(h)
+        return _causal(r[6], y, cache, fresh=True, into=h)
 
 
 class AttentionBlock(nn.Module):
@@ -223,6 +289,32 @@ class AttentionBlock(nn.Module):
                      work_per_row=4 * k.shape[0] * k.shape[2] * k.shape[3])
         y = self.proj(y.squeeze(1).transpose(1, 2).reshape(b * t, c, h_out, w_out))
         return x_out + y.reshape(b, t, c, h_out, w_out).transpose(1, 2)
+
+
+def _fold(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """A 3-tap kernel along `dim` seen by the two phases of a nearest 2x upsampled input: phase 0 reads input
+    (i-1, i) with taps (w0, w1 + w2), phase 1 reads (i, i+1) with (w0 + w1, w2); stacked on a new first dim."""
+    a, b, c = w.unbind(dim)
+    return torch.stack([torch.stack([a, b + c], dim), torch.stack([a + b, c], dim)])
+
+
+def _upsampled_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv (3x3, zero padding 1) of x [N,C,H,W] upsampled 2x by nearest-exact (the reference's resample), without
+    the upsampled input: each of the 4 output pixel phases is a 2x2 conv of x itself with summed taps, all 4 in one
+    call. 4x less input held and 2.25x fewer multiply-adds; the same sums with some weights added first (within
+    float rounding of the reference)."""
+    w = conv.weight.float() if conv.weight.dtype in (torch.float16, torch.bfloat16) else conv.weight  # sums in fp32+
+    phases = _fold(_fold(w, 2), 4)  # [column phase, row phase, out, in, 2, 2]
+    co, (n, _, h, w_) = w.shape[0], x.shape
+    kernel = phases.transpose(0, 1).reshape(4 * co, w.shape[1], 2, 2).to(conv.weight.dtype)
+    bias = conv.bias.repeat(4) if conv.bias is not None else None
+    y = paced_conv(conv, x, kernel, bias).view(n, 2, 2, co, h + 1, w_ + 1)  # [row phase, column phase]
+    out = y.new_empty(n, co, 2 * h, 2 * w_)
+    grid = out.view(n, co, h, 2, w_, 2)
+    for a in range(2):
+        for b in range(2):
+            grid[:, :, :, a, :, b] = y[:, a, b, :, a:a + h, b:b + w_]
+    return out
 
 
 class Resample(nn.Module):
@@ -270,12 +362,8 @@ class Resample(nn.Module):
         """The per-frame 2x resampling and its conv (upsample: nearest then conv; downsample: strided conv)."""
         b, c, t, h, w = x.shape
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
-        if self.mode.startswith("up"):
-            # nearest-exact x2 computed in fp32 as the reference does
-            y = F.interpolate(y.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
-        else:
-            y = F.pad(y, (0, 1, 0, 1))
-        y = paced_conv(self.resample[1], y)
+        y = _upsampled_conv(self.resample[1], y) if self.mode.startswith("up") else paced_conv(
+            self.resample[1], F.pad(y, (0, 1, 0, 1)))
         return y.view(b, t, *y.shape[1:]).transpose(1, 2)
 
 
@@ -303,7 +391,8 @@ class Encoder3d(nn.Module):
     def forward(self, x: torch.Tensor, cache: _Cache | None = None) -> torch.Tensor:
         x = _causal(self.conv1, x, cache)
         for layer in (*self.downsamples, *self.middle):
-            x = layer(x, cache)
+            # x is always this loop's own intermediate (from conv1 on): a residual block may add into it.
+            x = layer(x, cache, owned=True) if isinstance(layer, ResidualBlock) else layer(x, cache)
         return _causal(self.head[2], x, cache, self.head[0])  # type: ignore[arg-type]
 
 
@@ -356,21 +445,22 @@ class Decoder3d(nn.Module):
 
     def upper_stages(self, x: torch.Tensor, cache: _Cache | None) -> torch.Tensor:
         """Everything after the middle attention, up to the RGB head."""
-        layers = [self.middle[2], *self.upsamples]
-        last = max(i for i, layer in enumerate(layers) if isinstance(layer, Resample) and layer.mode == "upsample3d")
-        for layer in layers[:last]:
-            x = layer(x, cache)
-        x = layers[last].upsample_time(x, cache)  # type: ignore[operator]
-        # From the last temporal upsample's interleave on, every stage is per-frame or causal through the cache, so
-        # its frames can go through in sub-chunks: the 2x-4x-8x activations then hold SUB_FRAMES frames, not four.
-        step = x.shape[2] if cache is None else SUB_FRAMES
-        outs = []
-        for start in range(0, x.shape[2], step):
-            y = layers[last].spatial(x[:, :, start:start + step])  # type: ignore[operator]
-            for layer in layers[last + 1:]:
-                y = layer(y, cache)
-            outs.append(_causal(self.head[2], y, cache, self.head[0]))  # type: ignore[arg-type]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return self._from(x, [self.middle[2], *self.upsamples], cache)
+
+    def _from(self, x: torch.Tensor, layers: list[nn.Module], cache: _Cache | None, owned: bool = False) -> torch.Tensor:
+        """`layers`, then the head, on a chunk. From a temporal upsample's interleave on every stage is per-frame or
+        causal through the cache, so a streamed chunk goes on frame by frame (in time order): the 2x-8x activations
+        hold one frame, not two or four."""
+        for i, layer in enumerate(layers):
+            if cache is not None and isinstance(layer, Resample) and layer.mode == "upsample3d":
+                x = layer.upsample_time(x, cache)
+                outs = [self._from(layer.spatial(x[:, :, j:j + 1]), layers[i + 1:], cache, True)
+                        for j in range(x.shape[2])]
+                return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+            # x is this loop's own intermediate past its first layer (and from a spatial upsample on): a residual
+            # block may add into it.
+            x = layer(x, cache, owned=owned or i > 0) if isinstance(layer, ResidualBlock) else layer(x, cache)
+        return _causal(self.head[2], x, cache, self.head[0])  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------------------

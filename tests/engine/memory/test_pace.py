@@ -111,6 +111,20 @@ def test_banded_passes_each_band_its_halo():
     assert torch.equal(out, x.unfold(-1, 3, 1).sum(-1)) and seen == [6, 6]  # 8 outputs: 2 bands of 4 (+2 halo)
 
 
+def test_banded_sums_several_inputs_into_a_residual():
+    a, b = torch.arange(10.0).reshape(1, 1, 10), torch.arange(10.0).flip(-1).reshape(1, 1, 10) * 0.5
+    residual = torch.full((1, 1, 8), 100.0)
+
+    def sums(bands: list[torch.Tensor]) -> torch.Tensor:
+        assert len(bands) == 2 and bands[0].shape == bands[1].shape  # the same rows of both inputs
+        return bands[0].unfold(-1, 3, 1).sum(-1) + bands[1].unfold(-1, 3, 1).amax(-1)
+
+    expected = 100.0 + a.unfold(-1, 3, 1).sum(-1) + b.unfold(-1, 3, 1).amax(-1)
+    with pacing(budget=4.0):
+        out = banded(sums, [a, b], dim=2, kernel=3, stride=1, work=8.0, into=residual)
+    assert out is residual and torch.equal(out, expected)  # added in place, band by band: no output tensor of its own
+
+
 @pytest.fixture(scope="module")
 def dit() -> WanDiT:
     model = WanDiT(TINY_DIT_CONFIG)

@@ -52,8 +52,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reas
 
 
 def test_peak_does_not_grow_with_the_number_of_frames():
-    # 32x32 latent px: the working set (~130 MiB) is large enough that allocator noise (~10 MiB, independent of the
-    # frame count) stays well under the 10% margin; at 24 px the leaner decoder's ~75 MiB made it flaky.
+    # 32x32 latent px: the working set (~60 MiB since the streamed convs keep no windows, 2-8 frames within 1.02-1.04x
+    # in three runs) leaves allocator noise (a few MiB, independent of the frame count) under the 10% margin.
     short, long = _working(2, 32), _working(8, 32)
     print(f"2 latent frames: {short['working'] / 2**20:.1f} MiB working; 8: {long['working'] / 2**20:.1f} MiB "
           f"(outputs {short['output'] / 2**20:.1f} / {long['output'] / 2**20:.1f} MiB); "
