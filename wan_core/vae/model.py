@@ -109,12 +109,42 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, weight: torch.Tenso
         return out
 
     pace = current()
-    if pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1)) >= rows:
+    per_band = pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1))
+    if per_band >= rows:
         pace.tick()
         return conv_sum(inputs, padding) if into is None else into.add_(conv_sum(inputs, padding))
+    bands = -(-rows // per_band)
+    if conv.groups == 1 and weight.shape[0] >= CHANNEL_BAND * bands:
+        return _channel_bands(conv, inputs, weights, bias, padding, bands, into)
     band_padding = (*padding[:-2], 0, padding[-1])  # the rows' zero padding is the bands' (banded pads edge bands)
     return banded(lambda bands: conv_sum(bands, band_padding), inputs, dim=h, kernel=kernel[-2], stride=stride[-2],
                   work=work, outputs=outputs, padding=padding[-2], into=into)
+
+
+# A conv split for the cancel checks into a few bands of output channels reads its whole input in each band (rows
+# would each need a copy of their input rows: C x rows x W, about half a frame per conv at two bands); bands keep at
+# least this many output channels so that oneDNN's channel blocking stays whole. Many bands (large frames) use rows.
+CHANNEL_BAND = 16
+
+
+def _channel_bands(conv: nn.Conv2d | nn.Conv3d, inputs: list[torch.Tensor], weights: list[torch.Tensor],
+                   bias: torch.Tensor | None, padding: Sequence[int], bands: int,
+                   into: torch.Tensor | None) -> torch.Tensor:
+    """`paced_conv`'s sum in `bands` bands of output channels, the cancel check before each."""
+    width, pace, out = weights[0].shape[0], current(), into
+    for k in range(bands):
+        lo, hi = k * width // bands, (k + 1) * width // bands
+        pace.tick()
+        part = _conv(conv, inputs[0], padding, weights[0][lo:hi], None if bias is None else bias[lo:hi])
+        for x, w in zip(inputs[1:], weights[1:]):
+            part.add_(_conv(conv, x, padding, w[lo:hi], None))
+        if into is not None:
+            into[:, lo:hi].add_(part)
+            continue
+        if out is None:
+            out = part.new_empty(part.shape[0], width, *part.shape[2:])
+        out[:, lo:hi] = part
+    return out  # type: ignore[return-value]
 
 
 # Streaming a causal conv: a chunk's outputs need the inputs of the chunk's frames and of the CACHE_FRAMES frames

@@ -98,6 +98,30 @@ def test_conv_bands_at_the_real_vae_width_are_within_float32_rounding():
     assert (bands - whole).abs().max() <= 1e-5 * whole.abs().max()
 
 
+@pytest.mark.parametrize("rows_per_band, checks", [(20, 2), (4, 10)])
+def test_few_conv_bands_split_the_output_channels_many_split_the_rows(rows_per_band, checks, monkeypatch):
+    from wan_core.vae import model as vae_model
+
+    torch.manual_seed(3)
+    conv = CausalConv3d(32, 32, 3, padding=1)  # 32 outputs: at most 2 channel bands of CHANNEL_BAND (16)
+    x = torch.randn(1, 32, 3, 40, 24)
+    inputs: list[tuple[int, ...]] = []
+    real = vae_model._conv
+    monkeypatch.setattr(vae_model, "_conv", lambda c, band, *a: inputs.append(tuple(band.shape)) or real(c, band, *a))
+    with torch.no_grad():
+        whole = conv(x)
+        inputs.clear()
+        check = Counted()
+        with pacing(check=check, budget=budget_for_rows(rows_per_band, 32 * 3 * 24)):
+            bands = conv(x)
+    assert (bands - whole).abs().max() <= 1e-6 * whole.abs().max()  # the same sums, blocked another way
+    assert check.calls == checks  # one check per band
+    if checks == 2:  # 2 bands of 16 channels, each reading the whole input (no copy of input rows)
+        assert inputs == [(1, 32, 5, 40, 24)] * 2  # the clip with its 2 frames of causal zeros
+    else:  # 10 bands of 4 rows: too many for whole channel blocks, so rows (+ the 2-row halo)
+        assert {shape[3] for shape in inputs} == {6}
+
+
 def test_banded_passes_each_band_its_halo():
     x = torch.arange(10.0).reshape(1, 1, 10)
     seen = []
