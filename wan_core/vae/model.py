@@ -102,17 +102,19 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, weight: torch.Tenso
     work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel) * len(inputs)
     rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
 
-    def conv_sum(bands: list[torch.Tensor], pad: Sequence[int]) -> torch.Tensor:
-        out = _conv(conv, bands[0], pad, weights[0], bias)
-        for band, w in zip(bands[1:], weights[1:]):
-            out.add_(_conv(conv, band, pad, w, None))
-        return out
+    def conv_sum(bands: list[torch.Tensor], pad: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        # Each term is added to the sum as soon as it exists: one term's output is alive at a time.
+        for i, (band, w) in enumerate(zip(bands, weights)):
+            term = _conv(conv, band, pad, w, bias if i == 0 else None)
+            out = term if out is None else out.add_(term)
+            del term
+        return out  # type: ignore[return-value]
 
     pace = current()
     per_band = pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1))
     if per_band >= rows:
         pace.tick()
-        return conv_sum(inputs, padding) if into is None else into.add_(conv_sum(inputs, padding))
+        return conv_sum(inputs, padding, into)
     bands = -(-rows // per_band)
     if conv.groups == 1 and weight.shape[0] >= CHANNEL_BAND * bands:
         return _channel_bands(conv, inputs, weights, bias, padding, bands, into)
@@ -135,15 +137,15 @@ def _channel_bands(conv: nn.Conv2d | nn.Conv3d, inputs: list[torch.Tensor], weig
     for k in range(bands):
         lo, hi = k * width // bands, (k + 1) * width // bands
         pace.tick()
-        part = _conv(conv, inputs[0], padding, weights[0][lo:hi], None if bias is None else bias[lo:hi])
-        for x, w in zip(inputs[1:], weights[1:]):
-            part.add_(_conv(conv, x, padding, w[lo:hi], None))
-        if into is not None:
-            into[:, lo:hi].add_(part)
-            continue
-        if out is None:
-            out = part.new_empty(part.shape[0], width, *part.shape[2:])
-        out[:, lo:hi] = part
+        for i, (x, w) in enumerate(zip(inputs, weights)):  # each term added to its band at once, as in conv_sum
+            term = _conv(conv, x, padding, w[lo:hi], None if bias is None or i else bias[lo:hi])
+            if out is None:
+                out = term.new_empty(term.shape[0], width, *term.shape[2:])
+            if i == 0 and into is None:
+                out[:, lo:hi] = term
+            else:
+                out[:, lo:hi].add_(term)
+            del term
     return out  # type: ignore[return-value]
 
 
@@ -152,15 +154,25 @@ def _channel_bands(conv: nn.Conv2d | nn.Conv3d, inputs: list[torch.Tensor], weig
 # where zeros stand in as the causal padding). Three ways to compute it, by what costs least memory:
 
 
-def _one_frame(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor],
-               into: torch.Tensor | None = None) -> torch.Tensor:
+def _one_frame(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor], norm: RMSNorm | None = None,
+               fresh: bool = False, into: torch.Tensor | None = None) -> torch.Tensor:
     """A 1-frame chunk (every full-resolution stage of the decoder): one call per time tap on its own input frame,
     summed (the one-call conv's sums in another order, within float rounding of it). No window of 3 frames is
-    built, and x itself becomes the newest remembered frame: nothing is copied."""
-    taps = conv.kernel_size[0]
-    earlier = [(frame, conv.weight[:, :, k:k + 1]) for k, frame in zip(range(taps - 2, -1, -1), reversed(frames))]
-    out = paced_conv(conv, x, conv.weight[:, :, taps - 1:], conv.bias, earlier, into)
-    frames[:] = [*frames[len(frames) + 1 - CACHE_FRAMES:], x]
+    built, and the input (or its silu(norm(x))) becomes the newest remembered frame without a copy. The oldest
+    remembered frame's tap runs first, before the activation exists, and that frame is let go at once: at most
+    one frame more than the cache is alive at any time (the largest residual stages' peak)."""
+    taps, w, bias = conv.kernel_size[0], conv.weight, conv.bias
+    if len(frames) == CACHE_FRAMES:
+        oldest = taps - 1 - CACHE_FRAMES
+        into, bias = paced_conv(conv, frames.pop(0), w[:, :, oldest:oldest + 1], bias, into=into), None
+    if norm is not None:
+        x = F.silu(norm(x), inplace=True)
+    elif not fresh:  # x becomes a remembered frame: its own contiguous tensor, not a view nor written later
+        x = x.clone(memory_format=torch.contiguous_format)
+    x = x.contiguous()
+    earlier = [(frame, w[:, :, k:k + 1]) for k, frame in zip(range(taps - 2, -1, -1), reversed(frames))]
+    out = paced_conv(conv, x, w[:, :, taps - 1:], bias, earlier, into)
+    frames.append(x)
     return out
 
 
@@ -226,17 +238,12 @@ def _causal(conv: CausalConv3d, x: torch.Tensor, cache: _Cache | None, norm: RMS
     if state is None:
         state = []
         cache.put(conv, state)
-    narrows = conv.out_channels < conv.in_channels
-    if x.shape[2] > 1 and not narrows:
-        return _window(conv, x, state, norm, into)  # type: ignore[arg-type]
-    if norm is not None:
-        x, fresh = F.silu(norm(x), inplace=True), True
-    if narrows:
-        y = _pending_sums(conv, x, state)  # type: ignore[arg-type]
+    if conv.out_channels < conv.in_channels:
+        y = _pending_sums(conv, x if norm is None else F.silu(norm(x), inplace=True), state)  # type: ignore[arg-type]
         return y if into is None else into.add_(y)
-    # x becomes a remembered frame: its own contiguous tensor (not a view of a larger one, not written later).
-    own = x if fresh else x.clone(memory_format=torch.contiguous_format)
-    return _one_frame(conv, own.contiguous(), state, into)  # type: ignore[arg-type]
+    if x.shape[2] > 1:
+        return _window(conv, x, state, norm, into)  # type: ignore[arg-type]
+    return _one_frame(conv, x, state, norm, fresh, into)  # type: ignore[arg-type]
 
 
 class RMSNorm(nn.Module):
@@ -276,7 +283,8 @@ class ResidualBlock(nn.Module):
         second conv is then added into it band by band, and no separate output tensor is made)."""
         r = self.residual
         h = self.shortcut(x) if self.shortcut is not None else x
-        y = F.silu(r[3](_causal(r[2], x, cache, r[0])), inplace=True)  # the first conv's output is let go here
+        y = _causal(r[2], x, cache, r[0])
+        y = F.silu(r[3](y, out=y), inplace=True)  # the first conv's output (its own tensor) becomes its activation
         if h is x and not owned:
             return _causal(r[6], y, cache, fresh=True).add_(h)
         return _causal(r[6], y, cache, fresh=True, into=h)

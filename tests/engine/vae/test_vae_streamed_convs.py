@@ -3,6 +3,8 @@ conv (float64, so only rounding could differ: 1e-12), and keeps exactly the stat
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -86,3 +88,31 @@ def test_decoder_caches_hold_two_input_frames_per_conv_and_head_sums():
         assert len(state) == CACHE_FRAMES and {f.shape[1:3] for f in state} == {(channels, 1)}, conv
     head = cache.get(model.decoder.head[2])
     assert head[0].shape == (1, 3, 1, 32, 48)  # 3 RGB sums at full resolution, not the head's 8 input channels
+
+
+@torch.no_grad()
+def test_a_one_frame_chunk_lets_the_oldest_frame_go_before_its_activation_exists(monkeypatch):
+    from wan_core.vae import model as vae_model
+
+    torch.manual_seed(7)
+    block = ResidualBlock(6, 6).double().eval()
+    conv, norm = block.residual[2], block.residual[0]
+    clip = torch.randn(1, 6, 4, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    cache = _Cache()
+    for t in range(3):  # fills the first conv's cache
+        block(clip[:, :, t:t + 1], cache)
+    oldest = weakref.ref(cache.get(conv)[0])
+    seen = []
+    real = vae_model.RMSNorm.forward
+    def watched(self, x, out=None):
+        if self is norm:
+            seen.append((oldest() is None, len(cache.get(conv))))
+        return real(self, x, out)
+    monkeypatch.setattr(vae_model.RMSNorm, "forward", watched)
+    last = block(clip[:, :, 3:4], cache)
+    # The oldest frame's tap ran and the frame was freed (no reference left) before silu(norm(x)) was made, so
+    # at most one frame more than the cache is alive in this conv; the block still gives the whole clip's result.
+    assert seen == [(True, CACHE_FRAMES - 1)]
+    reference = ResidualBlock(6, 6).double().eval()
+    reference.load_state_dict(block.state_dict())
+    assert (last - reference(clip)[:, :, 3:4]).abs().max().item() <= EXACT
