@@ -51,6 +51,9 @@ from wan_core.vae.loader import load_vae  # noqa: E402
 from wan_core.vae.shapes import video_frames  # noqa: E402
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+# The measuring children's fixed mmap threshold (None: glibc's adaptive default, as a ComfyUI process runs; then
+# freed blocks are reused from the heap without fresh pages, and peaks include what the heap keeps).
+MMAP_THRESHOLD: int | None = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ TINY = Sizes(dit=tiny_dit.TINY_DIT_CONFIG, dit_latent=(16, 4, 32, 32), dit_text=
 
 def _child(fn, args):
     try:  # glibc: big blocks come from mmap and go back to the kernel when freed (no heap high-water noise)
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        if MMAP_THRESHOLD is not None:
+            ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     except (OSError, AttributeError):
         pass
     return fn(*args)

@@ -8,7 +8,7 @@ high-water mark, see bench/reference_cpu.py), ratio ours/reference and max|diff|
 with our uncached one. The machine's load average is printed at the start and the end: a row measured under load
 says so. Weights are random; only speed, memory and agreement are measured.
 
-    python -m bench.speed_cpu [--tiny] [--compute bf16]
+    python -m bench.speed_cpu [--tiny] [--compute bf16] [--rows dit,sampling,vae] [--allocator fixed|default]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bench import reference_cpu
 from bench.reference_cpu import HEADER, isolated, measure, row
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 from wan_core.config import BOUNDARY, GUIDE_HIGH, GUIDE_LOW
@@ -187,12 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute", choices=("fp32", "bf16"), default="fp32", help="our DiT's compute dtype")
     parser.add_argument("--rows", default="dit,sampling,vae",
                         help="which groups of rows to run, comma-separated (dit, sampling, vae; default all)")
+    parser.add_argument("--allocator", choices=("fixed", "default"), default="fixed",
+                        help="fixed: glibc's mmap threshold at 1 MiB, so peaks are the live tensors (default); "
+                             "default: glibc's adaptive threshold, as a ComfyUI process runs (freed blocks reused "
+                             "from the heap, no fresh pages per large allocation; peaks include what the heap keeps)")
     args = parser.parse_args(argv)
+    if args.allocator == "default":
+        reference_cpu.MMAP_THRESHOLD = None
     rows = set(args.rows.split(","))
     if not rows <= {"dit", "sampling", "vae"}:
         parser.error(f"--rows takes dit, sampling and vae, got {args.rows!r}")
     p, a14b = (TINY, TINY_A14B) if args.tiny else (REAL, A14B_1L)
-    print(f"speed benchmark on CPU ({torch.get_num_threads()} threads); start: {_load()}", flush=True)
+    print(f"speed benchmark on CPU ({torch.get_num_threads()} threads, {args.allocator} allocator); start: {_load()}",
+          flush=True)
     print(HEADER)
     # Median of 3 calls for the DiT and sampling rows (single calls varied by 30% between runs on the 2-core
     # machine); one call for the VAE rows, whose calls take tens of seconds.
