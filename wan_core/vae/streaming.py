@@ -35,7 +35,7 @@ def estimate_peak_bytes(vae: WanVAE, height: int, width: int, *, batch: int = 1,
 
     Sums the causal caches exactly (2 frames of each conv input; of a narrowing head's output) and adds a multiple
     of the largest activation of one step, plus the per-frame attention matrix at the latent resolution. On
-    purpose on the safe side: 1.5x the measured decode at base 96 (367 vs 236-241 MiB at 16x24), 1.6x the encode.
+    purpose on the safe side: 1.5x the measured decode at base 96 (367 vs 234-236 MiB at 16x24), 1.6x the encode.
     """
     caches, largest = 0, 0
 
