@@ -159,8 +159,8 @@ def _one_frame(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor], 
     """A 1-frame chunk (every full-resolution stage of the decoder): one call per time tap on its own input frame,
     summed (the one-call conv's sums in another order, within float rounding of it). No window of 3 frames is
     built, and the input (or its silu(norm(x))) becomes the newest remembered frame without a copy. The oldest
-    remembered frame's tap runs first, before the activation exists, and that frame is let go at once: at most
-    one frame more than the cache is alive at any time (the largest residual stages' peak)."""
+    remembered frame's tap runs first, before the activation exists, and that frame is let go at once: the oldest
+    frame and the new activation are never alive together (the full-resolution residual stages' peak)."""
     taps, w, bias = conv.kernel_size[0], conv.weight, conv.bias
     if len(frames) == CACHE_FRAMES:
         oldest = taps - 1 - CACHE_FRAMES
