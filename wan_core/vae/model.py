@@ -102,25 +102,28 @@ def paced_conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, weight: torch.Tenso
     work = 2.0 * outputs * conv.in_channels // conv.groups * math.prod(kernel) * len(inputs)
     rows = (x.shape[h] + 2 * padding[-2] - kernel[-2]) // stride[-2] + 1
 
-    def conv_sum(bands: list[torch.Tensor], pad: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
-        # Each term is added to the sum as soon as it exists: one term's output is alive at a time.
-        for i, (band, w) in enumerate(zip(bands, weights)):
-            term = _conv(conv, band, pad, w, bias if i == 0 else None)
-            out = term if out is None else out.add_(term)
-            del term
-        return out  # type: ignore[return-value]
-
     pace = current()
     per_band = pace.rows(rows, work / max(rows, 1), x.device, elements_per_row=outputs / max(rows, 1))
     if per_band >= rows:
         pace.tick()
-        return conv_sum(inputs, padding, into)
+        return _conv_sum(conv, inputs, weights, bias, padding, into)
     bands = -(-rows // per_band)
     if conv.groups == 1 and weight.shape[0] >= CHANNEL_BAND * bands:
         return _channel_bands(conv, inputs, weights, bias, padding, bands, into)
     band_padding = (*padding[:-2], 0, padding[-1])  # the rows' zero padding is the bands' (banded pads edge bands)
-    return banded(lambda bands: conv_sum(bands, band_padding), inputs, dim=h, kernel=kernel[-2], stride=stride[-2],
+    return banded(lambda bands: _conv_sum(conv, bands, weights, bias, band_padding), inputs, dim=h, kernel=kernel[-2], stride=stride[-2],
                   work=work, outputs=outputs, padding=padding[-2], into=into)
+
+
+def _conv_sum(conv: nn.Conv2d | nn.Conv3d, inputs: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+              bias: torch.Tensor | None, padding: Sequence[int], out: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum of the convolutions of each input by its weight (bias on the first), added to `out` when given; each
+    term is added as soon as it exists, so one term's output is alive at a time."""
+    for i, (x, w) in enumerate(zip(inputs, weights)):
+        term = _conv(conv, x, padding, w, bias if i == 0 else None)
+        out = term if out is None else out.add_(term)
+        del term
+    return out  # type: ignore[return-value]
 
 
 # A conv split for the cancel checks into a few bands of output channels reads its whole input in each band (rows
@@ -137,15 +140,14 @@ def _channel_bands(conv: nn.Conv2d | nn.Conv3d, inputs: list[torch.Tensor], weig
     for k in range(bands):
         lo, hi = k * width // bands, (k + 1) * width // bands
         pace.tick()
-        for i, (x, w) in enumerate(zip(inputs, weights)):  # each term added to its band at once, as in conv_sum
-            term = _conv(conv, x, padding, w[lo:hi], None if bias is None or i else bias[lo:hi])
-            if out is None:
-                out = term.new_empty(term.shape[0], width, *term.shape[2:])
-            if i == 0 and into is None:
-                out[:, lo:hi] = term
-            else:
-                out[:, lo:hi].add_(term)
-            del term
+        band = ([w[lo:hi] for w in weights], None if bias is None else bias[lo:hi])
+        if into is not None:
+            _conv_sum(conv, inputs, *band, padding, into[:, lo:hi])
+            continue
+        part = _conv_sum(conv, inputs, *band, padding)
+        if out is None:
+            out = part.new_empty(part.shape[0], width, *part.shape[2:])
+        out[:, lo:hi] = part
     return out  # type: ignore[return-value]
 
 
