@@ -132,9 +132,19 @@ def _in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], dim: int, total: int,
             out.narrow(dim, start, count).add_(part)
             continue
         if out is None:
-            out = part.new_empty(part.shape[:dim] + (total,) + part.shape[dim + 1:])
+            out = empty_as(part, part.shape[:dim] + (total,) + part.shape[dim + 1:])
         out.narrow(dim, start, count).copy_(part)
     return out
+
+
+def empty_as(part: torch.Tensor, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+    """An empty tensor of `shape` with `part`'s dtype, memory layout and device (or `device`): a channels-last part
+    stays channels-last, so a result assembled from parts is laid out as one call's would be."""
+    device = part.device if device is None else device
+    for layout, dims in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if part.dim() == dims and not part.is_contiguous() and part.is_contiguous(memory_format=layout):
+            return torch.empty(tuple(shape), dtype=part.dtype, device=device, memory_format=layout)
+    return part.new_empty(tuple(shape), device=device)
 
 
 def banded(fn: Callable, x: torch.Tensor | Sequence[torch.Tensor], *, dim: int, kernel: int, stride: int,

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..memory.pace import banded, current, map_rows
+from ..memory.pace import banded, current, empty_as, map_rows
 from .latent_format import WAN21_LATENT_MEAN, denormalize, normalize
 
 CACHE_FRAMES = 2  # a causal conv with a 3-frame kernel needs the 2 frames before the chunk
@@ -71,15 +71,31 @@ class CausalConv3d(nn.Conv3d):
 
 # ATen sends a 5-D float32 CPU convolution to oneDNN only when N * C * T * H > 20480 (ConvParams::use_mkldnn) and to
 # its native kernel otherwise, measured 3.5-4x slower for the VAE's 96-channel convs on a band, a small tile or one
-# frame; calling oneDNN directly gives every such conv the fast kernel (bit-identical where ATen picks it itself).
+# frame; calling oneDNN directly gives every such conv (and the 2-D resampling convs) the fast kernel, with outputs
+# in its input's layout (bit-identical where ATen picks it itself).
 _ONEDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x laid out channels-last (NDHWC / NHWC), as oneDNN reads and writes it without reordering.
+
+    oneDNN reorders a contiguous (NCDHW) input into a blocked copy, and its output back, on every call: measured one
+    input's worth more memory and 1.4x the time of the channels-last call for a 96-channel 128x192 frame. So on
+    that path every activation is channels-last from the first conv on (each output is laid out as its input)."""
+    x = x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+    n, c, *space = x.shape
+    strides = [c * math.prod(space), 1, *(c * math.prod(space[i + 1:]) for i in range(len(space)))]
+    # A size-1 dim's stride is free (a view of one frame keeps its clip's), but ATen infers the layout from the order
+    # of all strides (suggest_memory_format): give such a view the strides of a channels-last tensor of its shape.
+    return x if list(x.stride()) == strides else x.as_strided(x.shape, strides)
 
 
 def _conv(conv: nn.Conv2d | nn.Conv3d, x: torch.Tensor, padding: Sequence[int], weight: torch.Tensor,
           bias: torch.Tensor | None) -> torch.Tensor:
     """The convolution of x by weight and bias with this zero padding (conv's stride, dilation, groups)."""
-    if _ONEDNN and x.dim() == 5 and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype:
-        return torch.mkldnn_convolution(x.contiguous(), weight, bias, padding, conv.stride, conv.dilation, conv.groups)
+    if _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == x.dtype:
+        return torch.mkldnn_convolution(_channels_last(x), weight, bias, padding, conv.stride, conv.dilation,
+                                        conv.groups)
     call = F.conv3d if x.dim() == 5 else F.conv2d
     return call(x, weight, bias, conv.stride, padding, conv.dilation, conv.groups)
 
@@ -146,7 +162,7 @@ def _channel_bands(conv: nn.Conv2d | nn.Conv3d, inputs: list[torch.Tensor], weig
             continue
         part = _conv_sum(conv, inputs, *band, padding)
         if out is None:
-            out = part.new_empty(part.shape[0], width, *part.shape[2:])
+            out = empty_as(part, (part.shape[0], width, *part.shape[2:]))
         out[:, lo:hi] = part
     return out  # type: ignore[return-value]
 
@@ -169,9 +185,8 @@ def _one_frame(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor], 
         into, bias = paced_conv(conv, frames.pop(0), w[:, :, oldest:oldest + 1], bias, into=into), None
     if norm is not None:
         x = F.silu(norm(x), inplace=True)
-    elif not fresh:  # x becomes a remembered frame: its own contiguous tensor, not a view nor written later
-        x = x.clone(memory_format=torch.contiguous_format)
-    x = x.contiguous()
+    elif not fresh:  # x becomes a remembered frame: its own tensor (in x's layout), not a view nor written later
+        x = x.clone()
     earlier = [(frame, w[:, :, k:k + 1]) for k, frame in zip(range(taps - 2, -1, -1), reversed(frames))]
     out = paced_conv(conv, x, w[:, :, taps - 1:], bias, earlier, into)
     frames.append(x)
@@ -184,8 +199,9 @@ def _window(conv: CausalConv3d, x: torch.Tensor, frames: list[torch.Tensor], nor
     silu(norm(x)) or x], the activation written straight into that window, its last frames remembered in place of
     the old ones."""
     b, c, t, h, w = x.shape
-    window = x.new_zeros(b, c, CACHE_FRAMES + t, h, w) if len(frames) < CACHE_FRAMES else x.new_empty(
-        b, c, CACHE_FRAMES + t, h, w)
+    window = empty_as(x, (b, c, CACHE_FRAMES + t, h, w))
+    if len(frames) < CACHE_FRAMES:
+        window.zero_()
     for i, frame in enumerate(frames):
         window[:, :, CACHE_FRAMES - len(frames) + i] = frame[:, :, 0]
     if norm is None:
@@ -214,15 +230,18 @@ def _pending_sums(conv: CausalConv3d, x: torch.Tensor, pending: list[torch.Tenso
     w = conv.weight
     y = paced_conv(conv, x, w.permute(2, 0, 1, 3, 4).reshape(taps * width, w.shape[1], 1, *w.shape[3:]))
     b, _, t, h, w_ = y.shape
-    y = y.view(b, taps, width, t, h, w_)
+
+    def tap(k: int, j: int) -> torch.Tensor:  # time tap k of input frame j: output channels k * width on
+        return y[:, k * width:(k + 1) * width, j:j + 1]
+
     if not pending or pending[0].shape != (b, width, 1, h, w_):
-        pending[:] = [y.new_zeros(b, width, 1, h, w_) for _ in range(taps - 1)]  # pending[k]: for output next + k
-    out = y.new_empty(b, width, t, h, w_)
+        pending[:] = [empty_as(y, (b, width, 1, h, w_)).zero_() for _ in range(taps - 1)]  # [k]: for output next + k
+    out = empty_as(y, (b, width, t, h, w_))
     for j in range(t):
-        torch.add(pending[0], y[:, taps - 1, :, j:j + 1], out=out[:, :, j:j + 1])
+        torch.add(pending[0], tap(taps - 1, j), out=out[:, :, j:j + 1])
         for k in range(taps - 2):
-            pending[k].copy_(pending[k + 1]).add_(y[:, taps - 2 - k, :, j:j + 1])
-        pending[taps - 2].copy_(y[:, 0, :, j:j + 1])
+            pending[k].copy_(pending[k + 1]).add_(tap(taps - 2 - k, j))
+        pending[taps - 2].copy_(tap(0, j))
     if conv.bias is not None:
         out.add_(conv.bias.view(1, width, 1, 1, 1))
     return out
@@ -313,16 +332,15 @@ class AttentionBlock(nn.Module):
         y = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(y))
         if region is None:
-            qkv = qkv.reshape(b * t, 1, 3 * c, h * w).transpose(2, 3).contiguous()
+            qkv = _pixels_by_channels(qkv)
             q, k, v = qkv.chunk(3, dim=-1)
             x_out, (h_out, w_out) = x, (h, w)
         else:
             ys, xs = region
-            kv = qkv[:, c:].reshape(b * t, 1, 2 * c, h * w).transpose(2, 3).contiguous()
-            k, v = kv.chunk(2, dim=-1)
+            k, v = _pixels_by_channels(qkv[:, c:]).chunk(2, dim=-1)
             q = qkv[:, :c, ys, xs]
             h_out, w_out = q.shape[-2:]
-            q = q.reshape(b * t, 1, c, h_out * w_out).transpose(2, 3).contiguous()
+            q = _pixels_by_channels(q)
             x_out = x[:, :, :, ys, xs]
         # Queries in chunks sized by the run's pace (the same result: each query row attends to all k, v).
         y = map_rows(lambda rows: F.scaled_dot_product_attention(rows, k, v), q, dim=2,
@@ -331,30 +349,36 @@ class AttentionBlock(nn.Module):
         return x_out + y.reshape(b, t, c, h_out, w_out).transpose(1, 2)
 
 
-def _fold(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """A 3-tap kernel along `dim` seen by the two phases of a nearest 2x upsampled input: phase 0 reads input
-    (i-1, i) with taps (w0, w1 + w2), phase 1 reads (i, i+1) with (w0 + w1, w2); stacked on a new first dim."""
+def _pixels_by_channels(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] -> [N, 1, H*W, C], contiguous (a view of a channels-last x): the attention's one-head rows."""
+    return x.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+
+
+def _fold(w: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+    """A 3-tap kernel along `dim` as one phase of a nearest 2x upsampled input sees it: phase 0 reads input
+    (i-1, i) with taps (w0, w1 + w2), phase 1 reads (i, i+1) with (w0 + w1, w2)."""
     a, b, c = w.unbind(dim)
-    return torch.stack([torch.stack([a, b + c], dim), torch.stack([a + b, c], dim)])
+    return torch.stack([a, b + c] if phase == 0 else [a + b, c], dim)
 
 
 def _upsampled_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv (3x3, zero padding 1) of x [N,C,H,W] upsampled 2x by nearest-exact (the reference's resample), without
-    the upsampled input: each of the 4 output pixel phases is a 2x2 conv of x itself with summed taps, all 4 in one
-    call. 4x less input held and 2.25x fewer multiply-adds; the same sums with some weights added first (within
-    float rounding of the reference)."""
+    the upsampled input: each of the 4 output pixel phases is a 2x2 conv of x itself with summed taps (4x less
+    input held and 2.25x fewer multiply-adds; the same sums with some weights added first, within float rounding of
+    the reference), one phase at a time, written into its pixels of the output as it is made, so one phase's
+    output (a quarter of the result) is the only temporary."""
     w = conv.weight.float() if conv.weight.dtype in (torch.float16, torch.bfloat16) else conv.weight  # sums in fp32+
-    phases = _fold(_fold(w, 2), 4)  # [column phase, row phase, out, in, 2, 2]
     co, (n, _, h, w_) = w.shape[0], x.shape
-    kernel = phases.transpose(0, 1).reshape(4 * co, w.shape[1], 2, 2).to(conv.weight.dtype)
-    bias = conv.bias.repeat(4) if conv.bias is not None else None
-    y = paced_conv(conv, x, kernel, bias).view(n, 2, 2, co, h + 1, w_ + 1)  # [row phase, column phase]
-    out = y.new_empty(n, co, 2 * h, 2 * w_)
-    grid = out.view(n, co, h, 2, w_, 2)
+    out = None
     for a in range(2):
         for b in range(2):
-            grid[:, :, :, a, :, b] = y[:, a, b, :, a:a + h, b:b + w_]
-    return out
+            # padding 1 gives (h+1) x (w+1) outputs; phase (a, b)'s pixels are the window starting at (a, b)
+            y = paced_conv(conv, x, _fold(_fold(w, 2, a), 3, b).to(conv.weight.dtype), conv.bias)
+            if out is None:
+                out = empty_as(y, (n, co, 2 * h, 2 * w_))
+            out.view(n, co, h, 2, w_, 2)[:, :, :, a, :, b] = y[:, :, a:a + h, b:b + w_]
+            del y
+    return out  # type: ignore[return-value]
 
 
 class Resample(nn.Module):
@@ -394,9 +418,14 @@ class Resample(nn.Module):
             cache.put(self, True)  # first chunk: its frame is kept as is (official 'Rep')
             return x
         b, c, t, h, w = x.shape
-        # The conv's 2C channels hold two output frames per input frame: interleave them in time.
-        x = _causal(self.time_conv, x, cache)
-        return x.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+        # The conv's 2C channels hold two output frames per input frame (channels k * C on: frame 2i + k): interleave
+        # them in time.
+        y = _causal(self.time_conv, x, cache)
+        out = empty_as(y, (b, c, 2 * t, h, w))
+        pairs = out.view(b, c, t, 2, h, w)
+        for k in range(2):
+            pairs[:, :, :, k] = y[:, k * c:(k + 1) * c]
+        return out
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:
         """The per-frame 2x resampling and its conv (upsample: nearest then conv; downsample: strided conv)."""

@@ -14,7 +14,7 @@ from typing import Callable, Literal
 import torch
 
 from ..memory.budget import NotEnoughMemoryError, fits, gib, room, tier_of
-from ..memory.pace import QUERY_MULTIPLE, current, pacing
+from ..memory.pace import QUERY_MULTIPLE, current, empty_as, pacing
 from ..memory.tiling import TileSpec, plan_tiles
 from .model import CACHE_FRAMES, SPATIAL_FACTOR, TEMPORAL_FACTOR, ResidualBlock, Resample, WanVAE, _Cache
 from .shapes import latent_frames, video_frames
@@ -219,7 +219,7 @@ def _shared_features(vae: WanVAE, latent: torch.Tensor, out_device: torch.device
     for i in range(latent.shape[2]):
         f = vae.decode_features(latent[:, :, i: i + 1], cache)
         if kept is None:
-            kept = torch.empty((*f.shape[:2], latent.shape[2], *f.shape[3:]), dtype=f.dtype, device=out_device)
+            kept = empty_as(f, (*f.shape[:2], latent.shape[2], *f.shape[3:]), out_device)
         kept[:, :, i: i + 1] = f
         if on_frame is not None:
             on_frame(0, total)  # a chance to cancel; the bar moves with the tiles

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import weakref
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,14 +52,55 @@ def test_a_narrowing_conv_keeps_pending_sums_of_its_few_outputs():
 
 
 @torch.no_grad()
-def test_upsampled_conv_is_the_conv_of_the_nearest_upsampled_input():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_upsampled_conv_is_the_conv_of_the_nearest_upsampled_input(layout):
     torch.manual_seed(4)
     conv = nn.Conv2d(8, 5, 3, padding=1).double()
-    x = torch.randn(3, 8, 5, 7, dtype=torch.float64)
+    x = torch.randn(3, 8, 5, 7, dtype=torch.float64).contiguous(memory_format=layout)
     reference = conv(F.interpolate(x, scale_factor=2.0, mode="nearest-exact"))
     ours = _upsampled_conv(conv, x)
-    assert ours.shape == (3, 5, 10, 14)
+    assert ours.shape == (3, 5, 10, 14) and ours.is_contiguous(memory_format=layout)  # laid out as its input
     assert (ours - reference).abs().max().item() <= EXACT  # edges included: the zero padding is the same
+
+
+@torch.no_grad()
+def test_upsampled_conv_makes_one_phase_at_a_time(monkeypatch):
+    from wan_core.vae import model as vae_model
+
+    torch.manual_seed(9)
+    conv = nn.Conv2d(8, 6, 3, padding=1)
+    x = torch.randn(1, 8, 5, 7)
+    made = []
+    real = vae_model.paced_conv
+    monkeypatch.setattr(vae_model, "paced_conv", lambda *a, **k: made.append(tuple(real(*a, **k).shape)) or real(*a, **k))
+    _upsampled_conv(conv, x)
+    # 4 calls of the conv's own 6 outputs on the (h+1) x (w+1) phase grid: the largest temporary is a quarter of
+    # the upsampled result, not all 4 phases (24 channels) at once
+    assert made == [(1, 6, 6, 8)] * 4
+
+
+@pytest.mark.skipif(not __import__("wan_core.vae.model", fromlist=["_ONEDNN"])._ONEDNN, reason="needs oneDNN")
+@torch.no_grad()
+def test_the_cpu_decoder_hands_onednn_channels_last_activations_only(monkeypatch):
+    from wan_core.vae import model as vae_model
+
+    model = WanVAE(dim=tiny.TINY_VAE_DIM).eval()
+    model.load_state_dict(tiny.random_state_dict(seed=0))
+    latent = torch.randn(1, 16, 2, 4, 6, generator=torch.Generator().manual_seed(10))
+    layouts = []
+    real = vae_model._conv
+    def watched(conv, x, *a):
+        if conv is not model.conv2:  # the latent itself, as the caller gives it
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last))
+        return real(conv, x, *a)
+    monkeypatch.setattr(vae_model, "_conv", watched)
+    cache = _Cache()
+    outs = [model.decode_step(latent[:, :, i:i + 1], cache) for i in range(2)]
+    # oneDNN reorders a contiguous input (a copy and a slower kernel): past the latent's own 1x1 conv, every conv
+    # input (the resampling convs' 2-D ones too) is already channels-last, and so is the RGB output, as the video
+    # buffer it is written into
+    assert all(layouts) and len(layouts) > 40
+    assert all(out.is_contiguous(memory_format=torch.channels_last_3d) for out in outs)
 
 
 @torch.no_grad()
