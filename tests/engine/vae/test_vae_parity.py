@@ -41,18 +41,19 @@ def test_official_layout_has_194_tensors_at_full_width():
     assert official_to_diffusers_key("decoder.upsamples.12.residual.6.weight") == "decoder.up_blocks.3.resnets.0.conv2.weight"
 
 
-def test_encode_and_decode_match_diffusers(pair):
+@pytest.mark.parametrize("batch", [1, 2])  # 2: a clip's frames are then strided views (the channels-last slices)
+def test_encode_and_decode_match_diffusers(pair, batch):
     ours, ref = pair
-    x = torch.rand(1, 3, 9, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = torch.rand(batch, 3, 9, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         ref_mu = ref.encode(x).latent_dist.mean  # diffusers returns the un-normalised distribution
     latent = ours.encode(x, tiling="off")
-    assert latent.shape == (1, 16, 3, 4, 6)
+    assert latent.shape == (batch, 16, 3, 4, 6)
     assert (latent - normalize(ref_mu)).abs().max().item() <= 1e-5
     with torch.no_grad():
         ref_video = ref.decode(denormalize(latent)).sample
     video = ours.decode(latent, tiling="off")
-    assert video.shape == (1, 3, 9, 32, 48) and video.dtype == torch.float32
+    assert video.shape == (batch, 3, 9, 32, 48) and video.dtype == torch.float32
     assert (video - ref_video).abs().max().item() <= 1e-5
     assert (video.abs() < 1).float().mean() > 0.5  # most pixels unclamped: the comparison means something
 
